@@ -9,12 +9,19 @@ or scalars; per-move tables are (n, k) arrays or lists of k values.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
-POPCOUNT = np.array([bin(i).count("1") for i in range(256)])
+POPCOUNT = np.array([bin(i).count("1") for i in range(1024)])
+
+@functools.cache
+def _bit_rows(width: int) -> np.ndarray:
+    """Row i holds the ``width`` low bits of i as 0.0/1.0."""
+    return ((np.arange(2**width)[:, None] >> np.arange(width)) & 1).astype(np.float64)
+
 
 class BatchOps:
     """Operations over ``n`` envs at once."""
@@ -41,12 +48,17 @@ class BatchOps:
         return bool(x.any())
 
     def uniform(self, rng: np.random.Generator, count: int) -> np.ndarray:
-        return rng.random((count, self.n))
+        # float32 draws are twice as fast; computing on them in float64 keeps both backends
+        # doing the same arithmetic.
+        return rng.random((count, self.n), dtype=np.float32).astype(np.float64)
 
-    @staticmethod
-    def when(condition: Any, value: Any) -> Any:
-        """``value()`` where ``condition`` holds, else 0 (computed for all rows)."""
-        return condition * value()
+    def when(self, condition: Any, value: Any, *columns: Any) -> Any:
+        """``value(*columns)`` where ``condition`` holds, else 0; computed on those rows only."""
+        out = np.zeros(self.n)
+        index = np.flatnonzero(condition)
+        if len(index):
+            out[index] = value(*(np.asarray(c)[index] for c in columns))
+        return out
 
     @staticmethod
     def popcount(bits: Any) -> Any:
@@ -80,6 +92,16 @@ class BatchOps:
         return table[:, index]
 
     @staticmethod
+    def gather(stats: np.ndarray, index: Any) -> Any:
+        """Per-env rows of a (stat, k) table: an array of shape (stats, n)."""
+        return stats[:, index]
+
+    @staticmethod
+    def lookup(stats: np.ndarray, phase: Any, move: Any) -> Any:
+        """Per-env rows of a (stat, phase, move) table: an array of shape (stats, n)."""
+        return stats[:, phase, move]
+
+    @staticmethod
     def row_sum(table: np.ndarray) -> Any:
         return table.sum(axis=1)
 
@@ -88,9 +110,10 @@ class BatchOps:
         table *= factor
 
     @staticmethod
-    def blend(table: np.ndarray, weight: Any, evidence: list[Any]) -> None:
-        """Move each row toward ``evidence`` by its env's ``weight`` (an EMA step)."""
-        table += weight[:, None] * (np.stack(evidence, axis=1) - table)
+    def blend(table: np.ndarray, weight: Any, bits: Any) -> None:
+        """Move each row toward the 0/1 pattern of ``bits`` (bit k for column k) by its env's
+        ``weight``: an EMA step."""
+        table += weight[:, None] * (_bit_rows(table.shape[1])[bits] - table)
 
     @staticmethod
     def at_least(table: np.ndarray, cut: Any) -> Any:
@@ -113,20 +136,21 @@ class BatchOps:
     @staticmethod
     def write_scalars(out: np.ndarray, values: Sequence[Any], scales: Sequence[float]) -> None:
         """Write per-env values, each times its scale, into the first columns."""
-        for at, (x, scale) in enumerate(zip(values, scales, strict=True)):
+        for at, (x, scale) in enumerate(zip(values, scales, strict=False)):
             out[:, at] = x * scale if scale != 1.0 else x
 
     @staticmethod
     def write_values(out: np.ndarray, at: int, x: np.ndarray) -> None:
         out[:, at:at + x.shape[1]] = x
 
-    def write_one_hot(self, out: np.ndarray, at: int, index: Any, size: int) -> None:
-        index = np.asarray(index)
-        valid = (index >= 0) & (index < size)
-        if valid.all():
-            out[self.rows, at + index] = 1.0
-        else:
-            out[self.rows[valid], at + index[valid]] = 1.0
+    def write_one_hots(self, out: np.ndarray, starts: Sequence[int], sizes: Sequence[int],
+                       indices: Sequence[Any]) -> None:
+        """Set one column per category and env. The simulator's indices are always valid, so
+        unlike ``ScalarOps`` (which serves requests) this does not check them."""
+        flat_out = out.reshape(-1)
+        row_starts = self.rows * out.shape[1]
+        for at, index in zip(starts, indices, strict=False):
+            flat_out[row_starts + (at + index)] = 1.0
 
     @staticmethod
     def finish_observation(out: np.ndarray) -> np.ndarray:
@@ -156,13 +180,13 @@ class ScalarOps:
 
     @staticmethod
     def uniform(rng: np.random.Generator, count: int) -> list[float]:
-        # The same stream as BatchOps.uniform with n=1, rng.random((count, 1)).
-        return rng.random(count).tolist()
+        # The same stream as BatchOps.uniform with n=1.
+        return rng.random(count, dtype=np.float32).tolist()
 
     @staticmethod
-    def when(condition: bool, value: Any) -> Any:
-        """``value()`` if ``condition`` holds, else 0 (computed only then)."""
-        return value() if condition else 0.0
+    def when(condition: bool, value: Any, *columns: Any) -> Any:
+        """``value(*columns)`` if ``condition`` holds, else 0 (computed only then)."""
+        return value(*columns) if condition else 0.0
 
     @staticmethod
     def popcount(bits: int) -> int:
@@ -201,6 +225,14 @@ class ScalarOps:
     def column_of(table: list[float], index: int) -> float:
         return table[index]
 
+    @staticmethod
+    def gather(stats: Any, index: int) -> tuple[float, ...]:
+        return stats[index]
+
+    @staticmethod
+    def lookup(stats: Any, phase: int, move: int) -> tuple[float, ...]:
+        return stats[phase][move]
+
     row_sum = staticmethod(sum)
 
     @staticmethod
@@ -208,9 +240,9 @@ class ScalarOps:
         table[:] = [v * factor for v in table]
 
     @staticmethod
-    def blend(table: list[float], weight: float, evidence: list[Any]) -> None:
+    def blend(table: list[float], weight: float, bits: int) -> None:
         if weight:
-            table[:] = [v + weight * (e - v) for v, e in zip(table, evidence, strict=False)]
+            table[:] = [v + weight * (((bits >> k) & 1) - v) for k, v in enumerate(table)]
 
     @staticmethod
     def at_least(table: list[float], cut: float) -> list[float]:
@@ -248,9 +280,11 @@ class ScalarOps:
         out[at:at + len(x)] = x
 
     @staticmethod
-    def write_one_hot(out: list[float], at: int, index: int, size: int) -> None:
-        if 0 <= index < size:
-            out[at + index] = 1.0
+    def write_one_hots(out: list[float], starts: Sequence[int], sizes: Sequence[int],
+                       indices: Sequence[int]) -> None:
+        for at, size, index in zip(starts, sizes, indices, strict=False):
+            if 0 <= index < size:
+                out[at + index] = 1.0
 
     @staticmethod
     def finish_observation(out: list[float]) -> np.ndarray:
@@ -270,7 +304,7 @@ class Ops(Protocol):
     def not_(self, x: Any) -> Any: ...
     def any(self, x: Any) -> bool: ...
     def uniform(self, rng: np.random.Generator, count: int) -> Any: ...
-    def when(self, condition: Any, value: Any) -> Any: ...
+    def when(self, condition: Any, value: Any, *columns: Any) -> Any: ...
     def popcount(self, bits: Any) -> Any: ...
     def count_at_or_below(self, x: Any, thresholds: Any) -> Any: ...
     def pick(self, table: Any, index: Any) -> Any: ...
@@ -279,9 +313,11 @@ class Ops(Protocol):
     def add(self, table: Any, index: Any, value: Any) -> None: ...
     def add2(self, table: Any, first: Any, second: Any, value: Any) -> None: ...
     def column_of(self, table: Any, index: int) -> Any: ...
+    def gather(self, stats: Any, index: Any) -> Any: ...
+    def lookup(self, stats: Any, phase: Any, move: Any) -> Any: ...
     def row_sum(self, table: Any) -> Any: ...
     def decay(self, table: Any, factor: float) -> None: ...
-    def blend(self, table: Any, weight: Any, evidence: list[Any]) -> None: ...
+    def blend(self, table: Any, weight: Any, bits: Any) -> None: ...
     def at_least(self, table: Any, cut: Any) -> Any: ...
     def remaining(self, ready_at: Any, now: Any, cooldown: Any) -> Any: ...
     def legal_moves(self, mask: Any, ready_at: Any, now: Any, allowed: Any, stamina: Any,
@@ -289,5 +325,6 @@ class Ops(Protocol):
     def new_observation(self, width: int) -> Any: ...
     def write_scalars(self, out: Any, values: Any, scales: Any) -> None: ...
     def write_values(self, out: Any, at: int, x: Any) -> None: ...
-    def write_one_hot(self, out: Any, at: int, index: Any, size: int) -> None: ...
+    def write_one_hots(self, out: Any, starts: Sequence[int], sizes: Sequence[int],
+                       indices: Sequence[Any]) -> None: ...
     def finish_observation(self, out: Any) -> np.ndarray: ...

@@ -74,6 +74,9 @@ HP fraction), ``persona``, ``difficulty`` and ``environment`` (indices; see ``pe
 - ``difficulty``, ``environment``: a level / arena name, or ``None`` to draw one per fight.
 - ``fights_per_player``: fights in one player's series (default 10).
 - ``render_mode``: ``"ansi"`` or ``"rgb_array"``.
+- ``max_episode_steps`` (vector env only; ``gymnasium.make_vec`` passes the registered one):
+  decisions after which a fight is truncated, as ``TimeLimit`` does for the single env. Such a
+  cut is a safety net (the fight timer ends fights first) and does not count in the series.
 
 The vector version (``gymnasium.make_vec``, or :class:`BossFightVectorEnv`) steps every env with
 one numpy call of the same kernel and resets ended envs in the same step (``final_obs`` and
@@ -163,7 +166,8 @@ class FightSetup:
 
 
 def _at(value: Any, row: Any) -> Any:
-    return value if row is None else value[row]
+    # A copy: the vector env resets ended rows in place right after reporting them.
+    return value if row is None else np.array(value[row])
 
 
 def _option_index(options: dict[str, Any], name: str | None, what: str) -> int:
@@ -250,7 +254,7 @@ class BossFightVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
     def __init__(self, num_envs: int = 1, game: Any = "duel", player: Any = "population",
                  objective: str = "engagement", difficulty: str | None = None,
                  environment: str | None = None, fights_per_player: int = 10,
-                 render_mode: str | None = None) -> None:
+                 render_mode: str | None = None, max_episode_steps: int | None = None) -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}.")
         self.setup = FightSetup.create(game, player, objective, difficulty, environment,
@@ -258,6 +262,9 @@ class BossFightVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         self.layout = self.setup.layout
         self.persona_names = self.setup.pool.names
         self.num_envs = num_envs
+        # Decisions after which a fight is truncated, as gymnasium's TimeLimit does for the
+        # single env (gymnasium.make_vec passes the registered max_episode_steps).
+        self.max_episode_steps = max_episode_steps
         self.single_observation_space = self.setup.observation_space
         self.single_action_space = self.setup.action_space
         self.observation_space = batch_space(self.single_observation_space, num_envs)
@@ -287,19 +294,31 @@ class BossFightVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         result = step(s, np.asarray(actions, dtype=np.int64), self._tables, setup.game.player,
                       setup.config, self._ops, draws)
         self._last = result
-        ended = result.terminated | result.truncated
+        truncated = result.truncated
+        if self.max_episode_steps is not None:
+            truncated = truncated | (s.decisions >= self.max_episode_steps)
+        ended = result.terminated | truncated
+        observations = self._observe()
         infos: dict[str, Any] = {}
         if ended.any():
-            infos = {"final_obs": self._observe(), "_final_obs": ended,
+            index = np.flatnonzero(ended)
+            final = np.zeros_like(observations)
+            final[index] = observations[index]
+            infos = {"final_obs": final, "_final_obs": ended,
                      "final_info": setup.fight_info(s, result, slice(None)),
                      "_final_info": ended}
-            index = np.flatnonzero(ended)
             start_players(s, index[s.fights[index] >= setup.config.fights_per_player],
                           setup.pool, self.np_random)
             start_fights(s, index, self._tables, setup.config, setup.game.player,
                          self.np_random)
-        return (self._observe(), result.reward.astype(np.float64), result.terminated.copy(),
-                result.truncated.copy(), infos)
+            observations[index] = self._observe_rows(index)
+        return (observations, result.reward.astype(np.float64), result.terminated.copy(),
+                truncated & ~result.terminated, infos)
+
+    def _observe_rows(self, index: np.ndarray) -> np.ndarray:
+        """Observations of the envs in ``index`` only."""
+        ops = BatchOps(len(index))
+        return self.layout.encode(context(self._state.take(index), self._tables, ops), ops)
 
     def action_masks(self) -> np.ndarray:
         """Legal moves of every env, shape (num_envs, moves)."""

@@ -220,6 +220,14 @@ def _require(ok: bool, source: str, path: str, fix: str) -> None:
         raise DefinitionError(f"{source}: {path!r} is invalid: {fix}.")
 
 
+MOVE_STATS = ("windup_s", "active_s", "recovery_s", "damage", "reach", "advance", "dodgeability",
+              "blockable", "guard", "counter_damage", "knockback", "cooldown", "stamina_cost")
+"""What ``GameTables.move_stats`` holds per (phase, move), in this order."""
+LEVEL_STATS = ("target_win_rate", "margin_band", "inverse_margin_span", "duration_low",
+               "duration_high", "inverse_duration_slack")
+"""What ``GameTables.level_stats`` holds per difficulty level, in this order."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class GameTables:
     """The game as arrays indexed by move, phase, arena and difficulty (the kernel's input)."""
@@ -252,6 +260,8 @@ class GameTables:
     level_tolerance: np.ndarray
     level_margin: np.ndarray
     level_duration: np.ndarray
+    move_stats: np.ndarray
+    level_stats: np.ndarray
     level_duration_low: np.ndarray
     level_duration_high: np.ndarray
     cooldown_safe: np.ndarray
@@ -297,6 +307,8 @@ class GameTables:
             level_tolerance=np.array([lv.win_rate_tolerance for lv in levels]),
             level_margin=np.array([lv.target_hp_margin for lv in levels]),
             level_duration=np.array([list(lv.target_duration) for lv in levels]),
+            move_stats=_move_stats(game),
+            level_stats=_level_stats(levels),
             level_duration_low=np.array([lv.target_duration[0] for lv in levels]),
             level_duration_high=np.array([lv.target_duration[1] for lv in levels]),
             cooldown_safe=np.maximum(per_move("cooldown"), 1e-9),
@@ -309,14 +321,48 @@ class GameTables:
         )
 
     def as_tuples(self) -> GameTables:
-        """Every table as (nested) tuples of Python numbers, fast to index one at a time."""
+        """Every table as (nested) tuples of Python numbers, fast to index one at a time.
+
+        ``move_stats`` becomes [phase][move] -> a tuple of MOVE_STATS, ``level_stats``
+        [level] -> a tuple of LEVEL_STATS.
+        """
         changes = {f.name: _tuples(getattr(self, f.name).tolist()) for f in fields(self)
                    if isinstance(getattr(self, f.name), np.ndarray)}
+        changes["move_stats"] = _tuples(np.moveaxis(self.move_stats, 0, -1).tolist())
+        changes["level_stats"] = _tuples(np.moveaxis(self.level_stats, 0, -1).tolist())
         return replace(self, **changes)
 
 
 def _tuples(values: Any) -> Any:
     return tuple(_tuples(v) for v in values) if isinstance(values, list) else values
+
+
+def _move_stats(game: GameDefinition) -> np.ndarray:
+    """(stat, phase, move) array of MOVE_STATS with each phase's speed and damage applied."""
+    ticks = float(game.tick_rate)
+    stats = np.zeros((len(MOVE_STATS), len(game.phases), len(game.moves)))
+    for p, phase in enumerate(game.phases):
+        for m, move in enumerate(game.moves.values()):
+            stats[:, p, m] = (
+                move.windup_ticks / ticks * phase.speed_multiplier,
+                move.active_ticks / ticks,
+                move.recovery_ticks / ticks * phase.speed_multiplier,
+                move.damage * phase.damage_multiplier,
+                move.reach, move.advance, move.dodgeability, float(move.blockable), move.guard,
+                move.counter_damage, move.knockback, move.cooldown, move.stamina_cost,
+            )
+    return stats
+
+
+def _level_stats(levels: list[Difficulty]) -> np.ndarray:
+    """(stat, level) array of LEVEL_STATS: each level's targets, with reciprocals precomputed."""
+    columns = []
+    for level in levels:
+        low, high = level.target_duration
+        columns.append((level.target_player_win_rate, level.target_hp_margin,
+                        1.0 / (1.0 - level.target_hp_margin + 1e-9), low, high,
+                        2.0 / (high - low)))
+    return np.array(columns).T
 
 
 def _free_move(game: GameDefinition, phase: Phase) -> int:

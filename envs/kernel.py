@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from envs.backend import BatchOps, Ops, ScalarOps
+from envs.backend import Ops, ScalarOps
 from envs.game import GameTables, PlayerRules
 from envs.observation import ATTACK_PATTERNS, PLAYER_ACTIONS, ContextColumns
 from envs.persona import PARAMETERS, PlayerPool
@@ -25,7 +25,9 @@ from envs.persona import PARAMETERS, PlayerPool
 LIGHT, HEAVY, RANGED, DODGE, BLOCK, HEAL = range(len(PLAYER_ACTIONS))
 AGGRESSIVE, DEFENSIVE, BALANCED, EVASIVE = range(4)
 EMA = 0.1  # weight of the newest exchange in the player's running statistics
-RECENT_FIGHTS = 5  # fights remembered in recent_deaths (a 5-bit history)
+RECENT_FIGHTS = 5  # fights remembered in recent_deaths and the recent win rate
+DEATH_BITS = int("01" * RECENT_FIGHTS, 2)
+WIN_BITS = int("10" * RECENT_FIGHTS, 2)
 APPROACH_SPEED = 6.0  # metres per second a player covers closing in to melee
 BREAK_SECONDS = 15.0  # session time between two fights of a series
 RANDOM_DRAWS = 7  # uniform numbers one exchange consumes per env
@@ -65,12 +67,12 @@ class FightState:
     persona: Any
     armor: Any
     power: Any
+    share_total: Any
     dodge_rate: Any
     seen_reaction: Any
     session_seconds: Any
     fights: Any
-    death_bits: Any
-    win_bits: Any
+    history: Any  # 2 bits per recent fight, newest lowest: bit 0 player died, bit 1 won
     # per-move tables, always numpy with one row per env
     ready_at: Any
     mask: Any
@@ -92,6 +94,14 @@ class FightState:
         tables["mask"] = [True] * moves if scalar else np.ones((n, moves), dtype=bool)
         return cls(**rows, **tables, params={p: _zero(n, scalar, False) for p in PARAMETERS},
                    scalar=scalar)
+
+    def take(self, index: np.ndarray) -> FightState:
+        """The envs in ``index``, with only what ``context`` reads (vector state only)."""
+        assert not self.scalar
+        rows = {name: (value[index] if name in CONTEXT_FIELDS else None)
+                for name, value in self.__dict__.items() if name not in ("params", "scalar")}
+        params = {"equipment_level": self.params["equipment_level"][index]}
+        return FightState(**rows, params=params, scalar=False)
 
     def clear(self, index: np.ndarray, *tables: str) -> None:
         """Zero the named per-move tables of the envs in ``index``."""
@@ -132,8 +142,11 @@ def _table(n: int, shape: tuple[int, ...], scalar: bool) -> Any:
     return np.zeros((n, *shape))
 
 
+CONTEXT_FIELDS = ("share_total", "shares", "patterns", "dodge_rate", "seen_reaction", "player_hp",
+                  "difficulty", "session_seconds", "history", "boss_hp", "boss_max_hp",
+                  "phase", "arena", "distance", "stamina", "ready_at", "time", "last_move")
 INTEGER_FIELDS = ("phase", "last_move", "decisions", "difficulty", "arena", "persona", "fights",
-                  "death_bits", "win_bits")
+                  "history")
 TABLES = ("ready_at", "mask", "shares", "patterns", "knowledge", "knowledge_total")
 
 
@@ -163,14 +176,16 @@ def start_players(s: FightState, index: np.ndarray, pool: PlayerPool,
                   rng: np.random.Generator) -> None:
     """New players (a new series) in the envs of ``index``: forget everything observed."""
     count = len(index)
+    if count == 0:
+        return
     persona, values = pool.sample(rng, count)
     params = {name: values[:, i] for i, name in enumerate(PARAMETERS)}
     params["equipment_level"] = np.round(params["equipment_level"])
     zeros = np.zeros(count)
     s.assign(index, persona=persona, armor=1.0 / (1.0 + 0.08 * params["equipment_level"]),
-             power=1.0 + 0.1 * params["equipment_level"], dodge_rate=zeros,
+             power=1.0 + 0.1 * params["equipment_level"], share_total=zeros, dodge_rate=zeros,
              seen_reaction=np.full(count, 0.5), session_seconds=zeros, fights=zeros,
-             death_bits=zeros.astype(int), win_bits=zeros.astype(int), **params)
+             history=zeros.astype(int), **params)
     s.clear(index, "shares", "patterns", "knowledge", "knowledge_total")
 
 
@@ -178,6 +193,8 @@ def start_fights(s: FightState, index: np.ndarray, t: GameTables, config: FightC
                  rules: PlayerRules, rng: np.random.Generator) -> None:
     """New fights (same players) in the envs of ``index``."""
     count = len(index)
+    if count == 0:
+        return
     draws = rng.random((3, count))
     level = _fixed_or_drawn(config.difficulty, len(t.level_hp), draws[0])
     arena = _fixed_or_drawn(config.arena, len(t.arena_size), draws[1])
@@ -194,9 +211,9 @@ def start_fights(s: FightState, index: np.ndarray, t: GameTables, config: FightC
              dodge_mult=np.asarray(t.arena_dodge)[arena], arena_size=size)
     s.clear(index, "ready_at")
     if s.scalar:
-        update_mask(s, t, ScalarOps())
+        s.mask[:] = fresh_mask(t)
     else:
-        update_mask(s, t, BatchOps(len(s.mask)))
+        s.mask[index] = fresh_mask(t)
 
 
 def _fixed_or_drawn(fixed: int, options: int, draw: np.ndarray) -> np.ndarray:
@@ -214,13 +231,11 @@ def step(  # noqa: PLR0915
     p = s.params
     legal = o.pick(s.mask, move)
     move = o.where(legal, move, t.phase_fallback[s.phase])
-    speed = t.phase_speed[s.phase]
-    windup = t.windup_s[move] * speed
-    active = t.active_s[move]
-    recovery = t.recovery_s[move] * speed
-    damage = t.damage[move] * t.phase_damage[s.phase] * s.boss_damage_mult
-    distance = o.maximum(s.distance - t.advance[move], 0.0)
-    attacking = (damage > 0.0) & (distance <= t.reach[move])
+    (windup, active, recovery, damage, reach, advance, dodgeability, blockable, guard,
+     counter_damage, knockback, cooldown, stamina_cost) = o.lookup(t.move_stats, s.phase, move)
+    damage = damage * s.boss_damage_mult
+    distance = o.maximum(s.distance - advance, 0.0)
+    attacking = (damage > 0.0) & (distance <= reach)
 
     # The player reads the telegraph in time, or has learnt the pattern and anticipates it.
     reaction = p["reaction_time"] * (1.0 + p["reaction_jitter"] * (2.0 * u[0] - 1.0))
@@ -232,35 +247,35 @@ def step(  # noqa: PLR0915
     blocks = reacted & o.not_(dodges) & (u[2] < p["dodge_frequency"] + p["block_frequency"])
     trades = reacted & o.not_(dodges | blocks) & (u[2] > 1.0 - p["risk_tolerance"])
     skill = o.where(anticipated, o.maximum(p["dodge_skill"], 0.9), p["dodge_skill"])
-    evaded = dodges & (u[3] < skill * t.dodgeability[move] * s.dodge_mult)
+    evaded = dodges & (u[3] < skill * dodgeability * s.dodge_mult)
     hit = attacking & o.not_(evaded)
-    guarded = hit & blocks & (t.blockable[move] > 0.0)
-    taken = hit * damage * o.where(guarded, 1.0 - rules.guard, 1.0) * s.armor
+    guarded = hit & blocks & (blockable > 0.0)
+    taken = hit * damage * (1.0 - guarded * rules.guard) * s.armor
 
     # The opening the move leaves: heal, or attack (closing in first for melee).
     heals = (s.player_hp - taken < p["heal_threshold"] * rules.max_hp) & (s.heals_left > 0)
     attacks = o.not_(heals) & (trades | (u[4] < p["aggression"]))
     ranged = attacks & (u[5] < p["ranged_ratio"])
     heavy = attacks & o.not_(ranged) & (u[6] < p["heavy_ratio"])
-    opening = recovery + o.where(evaded, active, 0.0) + o.where(trades, windup, 0.0)
+    opening = recovery + evaded * active + trades * windup
     approach = o.where(ranged, 0.0, o.maximum(distance - rules.melee_reach, 0.0) / APPROACH_SPEED)
     swings = o.clip((opening - approach) / rules.hit_seconds, 0.0, p["combo_length"])
     per_hit = o.where(ranged, rules.ranged_damage,
                       o.where(heavy, rules.heavy_damage, rules.light_damage))
-    bonus = o.where(anticipated | evaded, 1.3, 1.0)
-    dealt = attacks * swings * per_hit * bonus * s.power * (1.0 - t.guard[move])
-    countered = attacks * t.counter_damage[move] * s.armor
+    bonus = 1.0 + 0.3 * (anticipated | evaded)
+    dealt = attacks * swings * per_hit * bonus * s.power * (1.0 - guard)
+    countered = attacks * counter_damage * s.armor
     healed = heals * rules.heal_amount
 
     # Bookkeeping: positions, time, stamina, cooldowns, health, phase.
     after = o.where(attacks & o.not_(ranged), o.minimum(distance, rules.melee_reach), distance)
-    after = after + hit * t.knockback[move]
+    after = after + hit * knockback
     s.distance = o.clip(after + 0.5 * (p["preferred_range"] - after), 0.0, s.arena_size)
     duration = windup + active + recovery
     s.time = s.time + duration
     s.session_seconds = s.session_seconds + duration
-    o.put(s.ready_at, move, s.time + t.cooldown[move])
-    s.stamina = o.minimum(s.stamina - t.stamina_cost[move] + t.stamina_regen * duration,
+    o.put(s.ready_at, move, s.time + cooldown)
+    s.stamina = o.minimum(s.stamina - stamina_cost + t.stamina_regen * duration,
                           t.max_stamina)
     s.heals_left = s.heals_left - heals
     s.boss_hp = s.boss_hp - dealt
@@ -273,13 +288,19 @@ def step(  # noqa: PLR0915
     # What a game observes of the player, and what the player learns of the boss.
     response = o.where(dodges, DODGE, o.where(blocks, BLOCK, -1))
     offense = o.where(heals, HEAL, o.where(ranged, RANGED, o.where(heavy, HEAVY, LIGHT)))
+    responded = EMA * (response >= 0)
+    acted = EMA * (heals | attacks)
     o.decay(s.shares, 1.0 - EMA)
-    o.add(s.shares, response, EMA * (response >= 0))
-    o.add(s.shares, offense, EMA * (heals | attacks))
+    o.add(s.shares, response, responded)
+    o.add(s.shares, offense, acted)
+    s.share_total = s.share_total * (1.0 - EMA) + responded + acted
     s.dodge_rate = s.dodge_rate + EMA * attacking * (dodges - s.dodge_rate)
     s.seen_reaction = s.seen_reaction + EMA * attacking * (reaction - s.seen_reaction)
-    o.blend(s.patterns, EMA * attacks, [swings >= 2.0, p["preferred_range"] > rules.melee_reach
-                                        + 0.5, ranged, evaded | guarded, trades])
+    # ATTACK_PATTERNS seen in this exchange, as bits: combo, hit_and_run, ranged_poke,
+    # counter_attack, button_mash.
+    seen = ((swings >= 2.0) + 2 * (p["preferred_range"] > rules.melee_reach + 0.5)
+            + 4 * ranged + 8 * (evaded | guarded) + 16 * trades)
+    o.blend(s.patterns, EMA * attacks, seen)
     o.add2(s.knowledge, previous, move, p["pattern_learning"])
     o.add(s.knowledge_total, previous, p["pattern_learning"])
     s.last_move = move
@@ -294,7 +315,8 @@ def step(  # noqa: PLR0915
         reward = ((taken + countered) / rules.max_hp - 0.5 * dealt / s.boss_max_hp
                   + 1.0 * player_down - 1.0 * boss_down)
     else:
-        reward = o.when(ended, lambda: engagement_reward(s, t, o, boss_down, margin))
+        reward = o.when(ended, lambda *a: engagement_reward(o, t, *a), s.difficulty, s.fights,
+                        s.history, s.time, boss_down, margin)
     reward = reward - 0.05 * o.not_(legal)
     if o.any(ended):
         _record_series(s, o, ended, player_down, boss_down)
@@ -304,37 +326,40 @@ def step(  # noqa: PLR0915
                       duration)
 
 
-def engagement_reward(s: FightState, t: GameTables, o: Ops, player_won: Any, margin: Any) -> Any:
+def engagement_reward(o: Ops, t: GameTables, level: Any, fights: Any, history: Any,
+                      seconds: Any, player_won: Any, margin: Any) -> Any:
     """At a fight's end: close margin + duration in band + steering the win rate to target.
 
     The steering term pays for the outcome that moves the player's recent win rate toward the
     level's target: a win when they have been winning too little, a loss when too much.
     """
-    target = t.level_target[s.difficulty]
-    played = o.minimum(s.fights, float(RECENT_FIGHTS))
-    recent_wins = o.popcount(s.win_bits) / o.maximum(played, 1.0)
+    target, band, inverse_span, low, high, inverse_slack = o.gather(t.level_stats, level)
+    played = o.minimum(fights, float(RECENT_FIGHTS))
+    recent_wins = o.popcount(history & WIN_BITS) / o.maximum(played, 1.0)
     recent = o.where(played > 0, recent_wins, target)
     steer = (player_won - target) * (target - recent) * 4.0
-    band = t.level_margin[s.difficulty]
-    close = 1.0 - o.clip((o.abs(margin) - band) / (1.0 - band + 1e-9), 0.0, 1.0)
-    return 0.5 * close + 0.5 * duration_score(s, t, o) + steer
-
-
-def duration_score(s: FightState, t: GameTables, o: Ops) -> Any:
-    """1 inside the level's target duration, falling linearly to 0 half a band width outside."""
-    low = t.level_duration_low[s.difficulty]
-    high = t.level_duration_high[s.difficulty]
-    slack = 0.5 * (high - low)
-    outside = o.maximum(low - s.time, 0.0) + o.maximum(s.time - high, 0.0)
-    return 1.0 - o.clip(outside / slack, 0.0, 1.0)
+    close = 1.0 - o.clip((o.abs(margin) - band) * inverse_span, 0.0, 1.0)
+    # Duration: 1 inside [low, high], falling linearly to 0 half a band width outside.
+    outside = o.maximum(low - seconds, 0.0) + o.maximum(seconds - high, 0.0)
+    in_time = 1.0 - o.clip(outside * inverse_slack, 0.0, 1.0)
+    return 0.5 * close + 0.5 * in_time + steer
 
 
 def _record_series(s: FightState, o: Ops, ended: Any, player_down: Any, boss_down: Any) -> None:
-    window = 2**RECENT_FIGHTS
-    s.death_bits = o.where(ended, (s.death_bits * 2 + player_down) % window, s.death_bits)
-    s.win_bits = o.where(ended, (s.win_bits * 2 + boss_down) % window, s.win_bits)
+    window = 4**RECENT_FIGHTS
+    outcome = player_down + 2 * boss_down
+    s.history = o.where(ended, (s.history * 4 + outcome) % window, s.history)
     s.fights = s.fights + ended
     s.session_seconds = s.session_seconds + ended * BREAK_SECONDS
+
+
+def fresh_mask(t: GameTables) -> list[bool]:
+    """Legal moves at a fight's start: first phase, full stamina, nothing on cooldown."""
+    moves = len(t.phase_allows[0])
+    mask = [True] * moves
+    ScalarOps.legal_moves(mask, [0.0] * moves, 0.0, tuple(t.phase_allows[0]), t.max_stamina,
+                          tuple(t.stamina_cost))
+    return mask
 
 
 def update_mask(s: FightState, t: GameTables, o: Ops) -> None:
@@ -345,7 +370,7 @@ def update_mask(s: FightState, t: GameTables, o: Ops) -> None:
 
 def context(s: FightState, t: GameTables, o: Ops) -> ContextColumns:
     """The player context a game would send now, plus the boss's own state, as numbers."""
-    total = o.row_sum(s.shares) + 1e-9
+    total = s.share_total + 1e-9
     shares = s.shares
     attack = (o.column_of(shares, LIGHT) + o.column_of(shares, HEAVY)
               + o.column_of(shares, RANGED)) / total
@@ -362,7 +387,7 @@ def context(s: FightState, t: GameTables, o: Ops) -> ContextColumns:
         health_percentage=o.maximum(s.player_hp, 0.0) / t.player_max_hp,
         difficulty=s.difficulty,
         session_duration=s.session_seconds / 60.0,
-        recent_deaths=o.popcount(s.death_bits),
+        recent_deaths=o.popcount(s.history & DEATH_BITS),
         equipment_level=s.params["equipment_level"],
         boss_health=o.maximum(s.boss_hp, 0.0) / s.boss_max_hp,
         battle_phase=s.phase,

@@ -186,8 +186,9 @@ class ObservationLayout:
         for feature, block in zip(self.features[values:blocks], columns[values:blocks],
                                   strict=True):
             ops.write_values(out, feature.start, block)
-        for feature, index in zip(self.features[blocks:], columns[blocks:], strict=True):
-            ops.write_one_hot(out, feature.start, index, feature.size)
+        categories = self.features[blocks:]
+        ops.write_one_hots(out, [f.start for f in categories], [f.size for f in categories],
+                           columns[blocks:])
         return ops.finish_observation(out)
 
     def encode_situation(self, situation: Situation) -> np.ndarray:

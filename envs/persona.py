@@ -75,7 +75,8 @@ class PlayerPool:
 
     def sample(self, rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
         """Draw ``count`` players: (persona index, parameter rows) with jitter applied."""
-        index = rng.choice(len(self.names), size=count, p=self.weights)
+        index = np.searchsorted(np.cumsum(self.weights), rng.random(count), side="right")
+        index = np.minimum(index, len(self.names) - 1)
         noise = 1.0 + self.jitter * (2.0 * rng.random((count, len(PARAMETERS))) - 1.0)
         return index, _clip_parameters(self.parameters[index] * noise)
 
@@ -123,10 +124,17 @@ def _population_pool(population: Population, source: str) -> PlayerPool:
     if not population.members:
         raise DefinitionError(f"{source}: 'members' is empty: list at least one persona.")
     for member, weight in population.members.items():
-        if weight <= 0:
+        if not weight > 0:  # also rejects NaN
             raise DefinitionError(f"{source}: members.{member} has weight {weight}: use > 0.")
-    personas = [load_persona(m) for m in population.members]
+    personas = [_member(source, m) for m in population.members]
     return _pool(personas, list(population.members.values()), population.jitter)
+
+
+def _member(source: str, name: str) -> Persona:
+    try:
+        return load_persona(name)
+    except DefinitionError as exc:
+        raise DefinitionError(f"{source}: members.{name} is not a usable persona: {exc}") from exc
 
 
 def _pool(personas: list[Persona], weights: list[float], jitter: float) -> PlayerPool:

@@ -9,6 +9,7 @@ rejects unknown fields, and converts nested mappings into nested dataclasses.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -98,6 +99,8 @@ def _check_bounds(spec: dataclasses.Field[Any], value: Any, source: str, path: s
     low, high = spec.metadata.get("min"), spec.metadata.get("max")
     if not isinstance(value, int | float) or isinstance(value, bool):
         return
+    if math.isnan(value):
+        raise DefinitionError(f"{source}: {path!r} is NaN: give a number. {_doc(spec)}")
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = _bounds_text(low, high)
         raise DefinitionError(

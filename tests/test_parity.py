@@ -1,5 +1,7 @@
 """The single env and the vector env run one kernel: same seed, same trajectory."""
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -9,14 +11,15 @@ from envs.boss_fight import BossFightEnv, BossFightVectorEnv
 @pytest.mark.parametrize("game", ["duel", "dragon_keep"])
 @pytest.mark.parametrize("objective", ["engagement", "defeat"])
 def test_single_and_vector_env_agree_step_for_step(game: str, objective: str) -> None:
-    kwargs = {"game": game, "player": "population", "objective": objective,
+    kwargs: dict[str, Any] = {"game": game, "player": "population", "objective": objective,
               "fights_per_player": 3}
     single = BossFightEnv(**kwargs)
     vector = BossFightVectorEnv(num_envs=1, **kwargs)
     single_obs, _ = single.reset(seed=7)
     vector_obs, _ = vector.reset(seed=7)
     np.testing.assert_array_equal(single_obs, vector_obs[0])
-    actions = np.random.default_rng(1).integers(0, single.action_space.n, size=1500)
+    moves = len(single.layout.moves)
+    actions = np.random.default_rng(1).integers(0, moves, size=1500)
     fights = 0
     for action in actions:
         obs, reward, terminated, truncated, _ = single.step(action)

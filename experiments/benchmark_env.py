@@ -1,0 +1,112 @@
+"""Simulator speed, measured side by side with Gymnasium's CartPole in one process.
+
+    python -m experiments.benchmark_env [--seconds 3] [--num-envs 1024] [--game duel]
+
+Pins the process to one CPU core, then times env steps/s of: our single env against
+``CartPole-v1`` (both through ``gymnasium.make``), and our vector env against
+``CartPoleVectorEnv`` (both at ``--num-envs``). Actions come from a precomputed random array
+so choosing them costs nothing. Prints a markdown table with the ratios and the targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
+
+import envs
+from envs.boss_fight import BossFightVectorEnv
+
+TARGET_SINGLE_RATIO = 0.25
+TARGET_VECTOR_RATIO = 0.1
+TARGET_VECTOR_STEPS = 1_000_000
+
+
+def single_env_rate(env: gym.Env[Any, Any], seconds: float, actions: np.ndarray) -> float:
+    """Env steps per second for a single env, resetting at episode ends."""
+    env.reset(seed=0)
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for action in actions:
+            _, _, terminated, truncated, _ = env.step(action)
+            if terminated or truncated:
+                env.reset()
+        steps += len(actions)
+    return steps / (time.perf_counter() - start)
+
+
+def vector_env_rate(env: gym.vector.VectorEnv[Any, Any, Any], seconds: float,
+                    actions: np.ndarray) -> float:
+    """Env steps per second (batched steps times envs) for a vector env."""
+    env.reset(seed=0)
+    batches, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for batch in actions:
+            env.step(batch)
+        batches += len(actions)
+    return batches * env.num_envs / (time.perf_counter() - start)
+
+
+def best_of(repeats: int, measure: Callable[[], float]) -> float:
+    return max(measure() for _ in range(repeats))
+
+
+def pin_to_one_core() -> str:
+    if hasattr(os, "sched_setaffinity"):
+        core = min(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {core})
+        return f"pinned to core {core}"
+    return "not pinned (no sched_setaffinity here)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="best of this many")
+    parser.add_argument("--num-envs", type=int, default=1024)
+    parser.add_argument("--game", default="duel")
+    args = parser.parse_args()
+    pinning = pin_to_one_core()
+    rng = np.random.default_rng(0)
+    envs.load_game(args.game)  # fail early on a bad name
+
+    boss = gym.make("bosslab/BossFight-v0", game=args.game)
+    moves = boss.action_space.n  # type: ignore[attr-defined]
+    single_actions = rng.integers(0, moves, size=4096)
+    ours_single = best_of(args.repeats, lambda: single_env_rate(boss, args.seconds,
+                                                                single_actions))
+    cartpole_single = best_of(args.repeats, lambda: single_env_rate(
+        gym.make("CartPole-v1"), args.seconds, single_actions % 2))
+
+    n = args.num_envs
+    vector_actions = rng.integers(0, moves, size=(64, n))
+    ours_vector = best_of(args.repeats, lambda: vector_env_rate(
+        BossFightVectorEnv(num_envs=n, game=args.game), args.seconds, vector_actions))
+    cartpole_vector = best_of(args.repeats, lambda: vector_env_rate(
+        CartPoleVectorEnv(num_envs=n), args.seconds, vector_actions % 2))
+
+    single_ratio = ours_single / cartpole_single
+    vector_ratio = ours_vector / cartpole_vector
+    print(f"# Env speed ({platform.processor() or platform.machine()}, {pinning}, "
+          f"game={args.game}, best of {args.repeats} x {args.seconds:g} s)\n")
+    print("| env | steps/s | reference | reference steps/s | ratio | target |")
+    print("|---|---:|---|---:|---:|---|")
+    print(f"| BossFight-v0 (gymnasium.make) | {ours_single:,.0f} | CartPole-v1 | "
+          f"{cartpole_single:,.0f} | {single_ratio:.2f}x | >= {TARGET_SINGLE_RATIO}x |")
+    print(f"| BossFightVectorEnv ({n} envs) | {ours_vector:,.0f} | CartPoleVectorEnv ({n}) | "
+          f"{cartpole_vector:,.0f} | {vector_ratio:.2f}x | >= {TARGET_VECTOR_RATIO}x and "
+          f">= {TARGET_VECTOR_STEPS:,} steps/s |")
+    met = (single_ratio >= TARGET_SINGLE_RATIO and vector_ratio >= TARGET_VECTOR_RATIO
+           and ours_vector >= TARGET_VECTOR_STEPS)
+    print(f"\nAll targets met: {'yes' if met else 'NO'}")
+
+
+if __name__ == "__main__":
+    main()
