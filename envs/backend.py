@@ -140,8 +140,10 @@ class BatchOps:
             out[:, at] = x * scale if scale != 1.0 else x
 
     @staticmethod
-    def write_values(out: np.ndarray, at: int, x: np.ndarray) -> None:
-        out[:, at:at + x.shape[1]] = x
+    def write_blocks(out: np.ndarray, starts: Sequence[int], blocks: Sequence[Any]) -> None:
+        """Write (n, k) blocks of values already in [0, 1] at their starting columns."""
+        for at, block in zip(starts, blocks, strict=False):
+            out[:, at:at + block.shape[1]] = block
 
     def write_one_hots(self, out: np.ndarray, starts: Sequence[int], sizes: Sequence[int],
                        indices: Sequence[Any]) -> None:
@@ -275,9 +277,10 @@ class ScalarOps:
         out[:len(scaled)] = [0.0 if v < 0.0 else 1.0 if v > 1.0 else v for v in scaled]
 
     @staticmethod
-    def write_values(out: list[float], at: int, x: Sequence[float]) -> None:
-        """Values already in [0, 1] (the caller's contract on this path)."""
-        out[at:at + len(x)] = x
+    def write_blocks(out: list[float], starts: Sequence[int], blocks: Sequence[Any]) -> None:
+        """Write lists of values already in [0, 1] (the caller's contract) at their starts."""
+        for at, block in zip(starts, blocks, strict=False):
+            out[at:at + len(block)] = block
 
     @staticmethod
     def write_one_hots(out: list[float], starts: Sequence[int], sizes: Sequence[int],
@@ -324,7 +327,7 @@ class Ops(Protocol):
                     cost: Any) -> None: ...
     def new_observation(self, width: int) -> Any: ...
     def write_scalars(self, out: Any, values: Any, scales: Any) -> None: ...
-    def write_values(self, out: Any, at: int, x: Any) -> None: ...
+    def write_blocks(self, out: Any, starts: Sequence[int], blocks: Sequence[Any]) -> None: ...
     def write_one_hots(self, out: Any, starts: Sequence[int], sizes: Sequence[int],
                        indices: Sequence[Any]) -> None: ...
     def finish_observation(self, out: Any) -> np.ndarray: ...

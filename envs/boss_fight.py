@@ -23,26 +23,27 @@ illegal move is replaced by the phase's free move and costs a reward of -0.05.
 
 | index | name | min | max |
 |-------|------|-----|-----|
-| 0-5 | frequent_actions (light_attack, heavy_attack, ranged_attack, dodge, block, heal) | 0 | 1 |
-| 6 | dodge_frequency | 0 | 1 |
-| 7-11 | attack_patterns (combo, hit_and_run, ranged_poke, counter_attack, button_mash) | 0 | 1 |
-| 12-15 | movement_style (aggressive, defensive, balanced, evasive) | 0 | 1 |
-| 16 | reaction_time (seconds / 2) | 0 | 1 |
-| 17 | health_percentage (player) | 0 | 1 |
-| 18-20 | difficulty (easy, normal, hard) | 0 | 1 |
-| 21 | session_duration (minutes / 60) | 0 | 1 |
-| 22 | recent_deaths (player deaths in the last 5 fights / 5) | 0 | 1 |
-| 23 | equipment_level (/ 10) | 0 | 1 |
-| 24 | boss_health | 0 | 1 |
-| 25-27 | battle_phase (early_battle, mid_battle, late_battle) | 0 | 1 |
-| 28-30 | environment (arena, forest, cave) | 0 | 1 |
-| 31 | distance (metres / 20) | 0 | 1 |
-| 32 | boss_stamina | 0 | 1 |
-| 33-35 | cooldowns (remaining / cooldown, per move) | 0 | 1 |
+| 0 | dodge_frequency (share of boss attacks the player dodged) | 0 | 1 |
+| 1 | reaction_time (seconds / 2) | 0 | 1 |
+| 2 | health_percentage (player) | 0 | 1 |
+| 3 | session_duration (minutes / 60) | 0 | 1 |
+| 4 | recent_deaths (player deaths in the last 5 fights / 5) | 0 | 1 |
+| 5 | equipment_level (/ 10) | 0 | 1 |
+| 6 | boss_health | 0 | 1 |
+| 7 | distance (metres / 20) | 0 | 1 |
+| 8 | boss_stamina | 0 | 1 |
+| 9-14 | frequent_actions (light_attack, heavy_attack, ranged_attack, dodge, block, heal) | 0 | 1 |
+| 15-19 | attack_patterns (combo, hit_and_run, ranged_poke, counter_attack, button_mash) | 0 | 1 |
+| 20-22 | cooldowns (attack, defend, special_move; remaining / cooldown) | 0 | 1 |
+| 23-26 | movement_style (aggressive, defensive, balanced, evasive) | 0 | 1 |
+| 27-29 | difficulty (easy, normal, hard) | 0 | 1 |
+| 30-32 | battle_phase (early_battle, mid_battle, late_battle) | 0 | 1 |
+| 33-35 | environment (arena, forest, cave) | 0 | 1 |
 | 36-39 | last_boss_action (none, attack, defend, special_move) | 0 | 1 |
 
-Indices 0-23 are the protocol's ``player_context`` (with the request's ``difficulty``), 24-31
-the rest of a ``boss_action_request``; 32-39 are the boss's own state.
+The protocol's ``player_context`` (with the request's ``difficulty``) gives indices 0-5, 9-19
+and 23-29; the rest of a ``boss_action_request`` gives 6, 7, 30-35; the boss's own state
+(stamina, cooldowns, last move) gives 8, 20-22 and 36-39.
 
 ## Rewards
 - ``objective="defeat"``: per step, damage dealt to the player (fraction of its max HP) minus

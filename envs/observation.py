@@ -5,33 +5,35 @@ simulator computes the same fields from what its synthetic player actually did. 
 them into numbers through :meth:`ObservationLayout.encode`, the one encoder, so a served
 policy and the simulator it was trained in can never disagree about what an observation means.
 
-Every feature lies in [0, 1]. The layout, feature by feature (sizes depend on the game):
+Every feature lies in [0, 1]. The layout, in order (sizes depend on the game): single values,
+then multi-valued blocks, then one-hot categories.
 
 =====================  ======================  ==========================================
 feature                size                    meaning (scale)
 =====================  ======================  ==========================================
-frequent_actions       len(PLAYER_ACTIONS)     multi-hot of the player's frequent actions
 dodge_frequency        1                       share of boss attacks the player dodged
-attack_patterns        len(ATTACK_PATTERNS)    multi-hot of the player's attack patterns
-movement_style         len(MOVEMENT_STYLES)    one-hot
 reaction_time          1                       seconds / 2
 health_percentage      1                       player HP fraction
-difficulty             levels                  one-hot of the difficulty level
 session_duration       1                       minutes / 60
 recent_deaths          1                       player deaths in the last 5 fights / 5
 equipment_level        1                       level / 10
 boss_health            1                       boss HP fraction
-battle_phase           phases                  one-hot
-environment            arenas                  one-hot
 distance               1                       metres / 20
 boss_stamina           1                       stamina fraction
+frequent_actions       len(PLAYER_ACTIONS)     multi-hot of the player's frequent actions
+attack_patterns        len(ATTACK_PATTERNS)    multi-hot of the player's attack patterns
 cooldowns              moves                   remaining cooldown / the move's cooldown
+movement_style         len(MOVEMENT_STYLES)    one-hot
+difficulty             levels                  one-hot of the difficulty level
+battle_phase           phases                  one-hot
+environment            arenas                  one-hot
 last_boss_action       moves + 1               one-hot; the first slot means "none yet"
 =====================  ======================  ==========================================
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -125,6 +127,8 @@ class Feature(NamedTuple):
 
 
 SCALES = tuple(VALUE_SCALES.values())
+VALUES_END = len(VALUE_SCALES)
+BLOCKS_END = VALUES_END + len(BLOCKS)
 
 
 @dataclass(frozen=True)
@@ -180,16 +184,29 @@ class ObservationLayout:
     def encode(self, columns: ContextColumns, ops: Ops) -> np.ndarray:
         """The one encoder, for a batch (``BatchOps``) or one situation (``ScalarOps``)."""
         out = ops.new_observation(self.size)
-        values = len(VALUE_SCALES)
-        ops.write_scalars(out, columns[:values], SCALES)
-        blocks = values + len(BLOCKS)
-        for feature, block in zip(self.features[values:blocks], columns[values:blocks],
-                                  strict=True):
-            ops.write_values(out, feature.start, block)
-        categories = self.features[blocks:]
-        ops.write_one_hots(out, [f.start for f in categories], [f.size for f in categories],
-                           columns[blocks:])
+        ops.write_scalars(out, columns[:VALUES_END], SCALES)
+        ops.write_blocks(out, self.block_starts, columns[VALUES_END:BLOCKS_END])
+        ops.write_one_hots(out, self.category_starts, self.category_sizes, columns[BLOCKS_END:])
         return ops.finish_observation(out)
+
+    @property
+    def block_starts(self) -> tuple[int, ...]:
+        return self._positions[0]
+
+    @property
+    def category_starts(self) -> tuple[int, ...]:
+        return self._positions[1]
+
+    @property
+    def category_sizes(self) -> tuple[int, ...]:
+        return self._positions[2]
+
+    @functools.cached_property
+    def _positions(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        blocks = self.features[VALUES_END:BLOCKS_END]
+        categories = self.features[BLOCKS_END:]
+        return (tuple(f.start for f in blocks), tuple(f.start for f in categories),
+                tuple(f.size for f in categories))
 
     def encode_situation(self, situation: Situation) -> np.ndarray:
         """Encode one decision's situation (what the server does for every request)."""

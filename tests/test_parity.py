@@ -1,10 +1,12 @@
 """The single env and the vector env run one kernel: same seed, same trajectory."""
 
+import re
 from typing import Any
 
 import numpy as np
 import pytest
 
+import envs.boss_fight as spec
 from envs.boss_fight import BossFightEnv, BossFightVectorEnv
 
 
@@ -47,3 +49,12 @@ def test_vector_env_rows_follow_their_own_fights() -> None:
             assert np.all(np.abs(margins) <= 1.0)
             ended += int(done.sum())
     assert ended > 64
+
+
+def test_the_docstring_table_is_the_duel_layout() -> None:
+    """The env's spec (its docstring) lists the observation exactly as the encoder lays it out."""
+    layout = BossFightEnv(game="duel").layout
+    rows = re.findall(r"^\| (\d+)(?:-(\d+))? \| (\w+)", spec.__doc__ or "", flags=re.M)
+    documented = [(int(a), int(b or a), name) for a, b, name in rows]
+    expected = [(f.start, f.start + f.size - 1, f.name) for f in layout.features]
+    assert documented == expected
