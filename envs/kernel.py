@@ -257,7 +257,9 @@ def step(  # noqa: PLR0915
     attacks = o.not_(heals) & (trades | (u[4] < p["aggression"]))
     ranged = attacks & (u[5] < p["ranged_ratio"])
     heavy = attacks & o.not_(ranged) & (u[6] < p["heavy_ratio"])
-    opening = recovery + evaded * active + trades * windup
+    # The player's opening: the move's recovery, plus its active time when it does not threaten
+    # them (dodged, a guard, out of reach), plus the wind-up when they attack through it.
+    opening = recovery + (evaded | o.not_(attacking)) * active + trades * windup
     approach = o.where(ranged, 0.0, o.maximum(distance - rules.melee_reach, 0.0) / APPROACH_SPEED)
     swings = o.clip((opening - approach) / rules.hit_seconds, 0.0, p["combo_length"])
     per_hit = o.where(ranged, rules.ranged_damage,

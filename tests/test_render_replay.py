@@ -96,16 +96,19 @@ def test_ansi_through_gymnasium_changes_after_damage() -> None:
     start = env.render()
     assert isinstance(start, str)
     assert "boss   [" in start and "player [" in start
-    for _ in range(50):
+    hurt_at = None
+    for step in range(50):
         env.step(0)
         frame = render.Frame.from_env(env)
-        if frame.taken > 0 or frame.dealt > 0:
+        if hurt_at is None and (frame.taken > 0 or frame.dealt > 0):
+            hurt_at = step
+        after = env.render()
+        if (hashes_on(after, "boss"), hashes_on(after, "player")) != (20, 20):
             break
     else:
-        pytest.fail("nobody was hurt in 50 exchanges")
-    after = env.render()
+        pytest.fail("the health bars never showed damage in 50 exchanges")
+    assert hurt_at is not None  # the bars moved because somebody was hurt
     assert after != start
-    assert (hashes_on(after, "boss"), hashes_on(after, "player")) != (20, 20)
 
 
 # rgb_array
