@@ -29,6 +29,7 @@ class BatchOps:
     def __init__(self, n: int) -> None:
         self.n = n
         self.rows = np.arange(n)
+        self._row_offsets: dict[int, np.ndarray] = {}
 
     where = staticmethod(np.where)
     minimum = staticmethod(np.minimum)
@@ -48,9 +49,11 @@ class BatchOps:
         return bool(x.any())
 
     def uniform(self, rng: np.random.Generator, count: int) -> np.ndarray:
-        # float32 draws are twice as fast; computing on them in float64 keeps both backends
-        # doing the same arithmetic.
-        return rng.random((count, self.n), dtype=np.float32).astype(np.float64)
+        return rng.random((count, self.n))
+
+    @staticmethod
+    def to_int(x: Any) -> Any:
+        return x.astype(np.int64)
 
     def when(self, condition: Any, value: Any, *columns: Any) -> Any:
         """``value(*columns)`` where ``condition`` holds, else 0; computed on those rows only."""
@@ -71,21 +74,36 @@ class BatchOps:
             count += x <= threshold
         return count
 
-    # Per-move tables: (n, k) arrays.
+    # Per-move tables: (n, k) arrays, addressed through flat indices (about twice as fast as
+    # numpy's (rows, index) fancy indexing).
+    def _flat(self, table: np.ndarray, index: Any) -> Any:
+        width = table.shape[1]
+        offsets = self._row_offsets.get(width)
+        if offsets is None:
+            offsets = self._row_offsets[width] = self.rows * width
+        return offsets + index
+
     def pick(self, table: np.ndarray, index: Any) -> Any:
-        return table[self.rows, index]
+        return table.reshape(-1)[self._flat(table, index)]
 
     def pick2(self, table: np.ndarray, first: Any, second: Any) -> Any:
-        return table[self.rows, first, second]
+        return table.reshape(-1)[self._flat(table, first) * table.shape[2] + second]
+
+    @staticmethod
+    def cell(table: np.ndarray, row: Any, column: Any) -> Any:
+        """``table[row][column]`` of a table shared by all envs, per env."""
+        return table.reshape(-1)[row * table.shape[1] + column]
 
     def put(self, table: np.ndarray, index: Any, value: Any) -> None:
-        table[self.rows, index] = value
+        table.reshape(-1)[self._flat(table, index)] = value
 
     def add(self, table: np.ndarray, index: Any, value: Any) -> None:
-        table[self.rows, index] += value
+        flat, where = table.reshape(-1), self._flat(table, index)
+        flat[where] += value
 
     def add2(self, table: np.ndarray, first: Any, second: Any, value: Any) -> None:
-        table[self.rows, first, second] += value
+        flat, where = table.reshape(-1), self._flat(table, first) * table.shape[2] + second
+        flat[where] += value
 
     @staticmethod
     def column_of(table: np.ndarray, index: int) -> Any:
@@ -99,7 +117,8 @@ class BatchOps:
     @staticmethod
     def lookup(stats: np.ndarray, phase: Any, move: Any) -> Any:
         """Per-env rows of a (stat, phase, move) table: an array of shape (stats, n)."""
-        return stats[:, phase, move]
+        flat = stats.reshape(stats.shape[0], -1)
+        return flat[:, phase * stats.shape[2] + move]
 
     @staticmethod
     def row_sum(table: np.ndarray) -> Any:
@@ -124,10 +143,10 @@ class BatchOps:
         return (ready_at - now[:, None]) / cooldown
 
     @staticmethod
-    def legal_moves(mask: np.ndarray, ready_at: np.ndarray, now: Any, allowed: Any,
-                    stamina: Any, cost: Any) -> None:
-        np.logical_and(ready_at <= now[:, None] + 1e-9, allowed, out=mask)
-        mask &= stamina[:, None] >= cost
+    def legal_moves(rule: Any, ready_at: np.ndarray, now: Any, allowed: Any, stamina: Any,
+                    cost: Any) -> np.ndarray:
+        """``rule`` (elementwise) over every env and move: an (n, moves) bool array."""
+        return rule(ready_at, now[:, None], allowed, stamina[:, None], cost)
 
     # Observations: ``out`` is an (n, width) float32 array, clipped to [0, 1] once at the end.
     def new_observation(self, width: int) -> np.ndarray:
@@ -145,10 +164,11 @@ class BatchOps:
         for at, block in zip(starts, blocks, strict=False):
             out[:, at:at + block.shape[1]] = block
 
-    def write_one_hots(self, out: np.ndarray, starts: Sequence[int], sizes: Sequence[int],
+    def write_one_hots(self, out: np.ndarray, starts: Sequence[int], rows: Sequence[Any],
                        indices: Sequence[Any]) -> None:
         """Set one column per category and env. The simulator's indices are always valid, so
-        unlike ``ScalarOps`` (which serves requests) this does not check them."""
+        unlike ``ScalarOps`` (which serves requests, with -1 for an absent category) this does
+        not check them; ``rows`` is ScalarOps' and unused here."""
         flat_out = out.reshape(-1)
         row_starts = self.rows * out.shape[1]
         for at, index in zip(starts, indices, strict=False):
@@ -183,7 +203,9 @@ class ScalarOps:
     @staticmethod
     def uniform(rng: np.random.Generator, count: int) -> list[float]:
         # The same stream as BatchOps.uniform with n=1.
-        return rng.random(count, dtype=np.float32).tolist()
+        return rng.random(count).tolist()
+
+    to_int = staticmethod(int)
 
     @staticmethod
     def when(condition: bool, value: Any, *columns: Any) -> Any:
@@ -210,6 +232,10 @@ class ScalarOps:
     @staticmethod
     def pick2(table: list[list[float]], first: int, second: int) -> float:
         return table[first][second]
+
+    @staticmethod
+    def cell(table: Any, row: int, column: int) -> Any:
+        return table[row][column]
 
     @staticmethod
     def put(table: list[Any], index: int, value: Any) -> None:
@@ -260,34 +286,34 @@ class ScalarOps:
         return x
 
     @staticmethod
-    def legal_moves(mask: list[bool], ready_at: list[float], now: float, allowed: Sequence[bool],
-                    stamina: float, cost: Sequence[float]) -> None:
-        ready = now + 1e-9
-        mask[:] = [r <= ready and a and stamina >= c
-                   for r, a, c in zip(ready_at, allowed, cost, strict=False)]
+    def legal_moves(rule: Any, ready_at: list[float], now: float, allowed: Sequence[bool],
+                    stamina: float, cost: Sequence[float]) -> list[bool]:
+        return [rule(r, now, a, stamina, c) for r, a, c in zip(ready_at, allowed, cost,
+                                                                 strict=False)]
 
-    # Observations: ``out`` is a Python list of floats.
+    # Observations: ``out`` is a Python list the features are appended to, in layout order.
     @staticmethod
     def new_observation(width: int) -> list[float]:
-        return [0.0] * width
+        return []
 
     @staticmethod
     def write_scalars(out: list[float], values: Sequence[float], scales: Sequence[float]) -> None:
-        scaled = [x * scale for x, scale in zip(values, scales, strict=False)]
-        out[:len(scaled)] = [0.0 if v < 0.0 else 1.0 if v > 1.0 else v for v in scaled]
+        out += [0.0 if (v := x * scale) < 0.0 else 1.0 if v > 1.0 else v
+                for x, scale in zip(values, scales, strict=False)]
 
     @staticmethod
     def write_blocks(out: list[float], starts: Sequence[int], blocks: Sequence[Any]) -> None:
-        """Write lists of values already in [0, 1] (the caller's contract) at their starts."""
-        for at, block in zip(starts, blocks, strict=False):
-            out[at:at + len(block)] = block
+        """Lists of values already in [0, 1] (the caller's contract), in layout order."""
+        for block in blocks:
+            out += block
 
     @staticmethod
-    def write_one_hots(out: list[float], starts: Sequence[int], sizes: Sequence[int],
+    def write_one_hots(out: list[float], starts: Sequence[int], rows: Sequence[Any],
                        indices: Sequence[int]) -> None:
-        for at, size, index in zip(starts, sizes, indices, strict=False):
-            if 0 <= index < size:
-                out[at + index] = 1.0
+        """``rows[k][i]`` is category k's one-hot row for index i; index -1 (absent) picks the
+        all-zero row stored last."""
+        for category_rows, index in zip(rows, indices, strict=False):
+            out += category_rows[index]
 
     @staticmethod
     def finish_observation(out: list[float]) -> np.ndarray:
@@ -307,11 +333,13 @@ class Ops(Protocol):
     def not_(self, x: Any) -> Any: ...
     def any(self, x: Any) -> bool: ...
     def uniform(self, rng: np.random.Generator, count: int) -> Any: ...
+    def to_int(self, x: Any) -> Any: ...
     def when(self, condition: Any, value: Any, *columns: Any) -> Any: ...
     def popcount(self, bits: Any) -> Any: ...
     def count_at_or_below(self, x: Any, thresholds: Any) -> Any: ...
     def pick(self, table: Any, index: Any) -> Any: ...
     def pick2(self, table: Any, first: Any, second: Any) -> Any: ...
+    def cell(self, table: Any, row: Any, column: Any) -> Any: ...
     def put(self, table: Any, index: Any, value: Any) -> None: ...
     def add(self, table: Any, index: Any, value: Any) -> None: ...
     def add2(self, table: Any, first: Any, second: Any, value: Any) -> None: ...
@@ -323,11 +351,11 @@ class Ops(Protocol):
     def blend(self, table: Any, weight: Any, bits: Any) -> None: ...
     def at_least(self, table: Any, cut: Any) -> Any: ...
     def remaining(self, ready_at: Any, now: Any, cooldown: Any) -> Any: ...
-    def legal_moves(self, mask: Any, ready_at: Any, now: Any, allowed: Any, stamina: Any,
-                    cost: Any) -> None: ...
+    def legal_moves(self, rule: Any, ready_at: Any, now: Any, allowed: Any, stamina: Any,
+                    cost: Any) -> Any: ...
     def new_observation(self, width: int) -> Any: ...
     def write_scalars(self, out: Any, values: Any, scales: Any) -> None: ...
     def write_blocks(self, out: Any, starts: Sequence[int], blocks: Sequence[Any]) -> None: ...
-    def write_one_hots(self, out: Any, starts: Sequence[int], sizes: Sequence[int],
+    def write_one_hots(self, out: Any, starts: Sequence[int], rows: Sequence[Any],
                        indices: Sequence[Any]) -> None: ...
     def finish_observation(self, out: Any) -> np.ndarray: ...

@@ -110,6 +110,7 @@ from envs.kernel import (
     FightState,
     StepResult,
     context,
+    legal_moves,
     start_fights,
     start_players,
     step,
@@ -211,7 +212,7 @@ class BossFightEnv(gym.Env[np.ndarray, np.int64]):
         asked = bool((options or {}).get("new_player"))
         new_player = seed is not None or self._needs_player or asked
         if new_player or s.fights >= setup.config.fights_per_player:
-            start_players(s, only, setup.pool, self.np_random)
+            start_players(s, only, setup.pool, setup.game.player, self.np_random)
             self._needs_player = False
         start_fights(s, only, self._tables, setup.config, setup.game.player, self.np_random)
         self._last = None
@@ -228,7 +229,7 @@ class BossFightEnv(gym.Env[np.ndarray, np.int64]):
 
     def action_masks(self) -> np.ndarray:
         """Legal moves now, as a boolean vector (sb3-contrib's MaskablePPO convention)."""
-        return np.array(self._state.mask, dtype=bool)
+        return np.array(legal_moves(self._state, self._tables, self._ops), dtype=bool)
 
     def context_columns(self) -> Any:
         """The player context and boss state behind the current observation, in numbers."""
@@ -282,7 +283,8 @@ class BossFightVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
             seed = seed[0]
         super().reset(seed=seed)
         every = np.arange(self.num_envs)
-        start_players(self._state, every, self.setup.pool, self.np_random)
+        start_players(self._state, every, self.setup.pool, self.setup.game.player,
+                      self.np_random)
         start_fights(self._state, every, self._tables, self.setup.config,
                      self.setup.game.player, self.np_random)
         self._last = None
@@ -309,7 +311,7 @@ class BossFightVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
                      "final_info": setup.fight_info(s, result, slice(None)),
                      "_final_info": ended}
             start_players(s, index[s.fights[index] >= setup.config.fights_per_player],
-                          setup.pool, self.np_random)
+                          setup.pool, setup.game.player, self.np_random)
             start_fights(s, index, self._tables, setup.config, setup.game.player,
                          self.np_random)
             observations[index] = self._observe_rows(index)
@@ -323,7 +325,7 @@ class BossFightVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
 
     def action_masks(self) -> np.ndarray:
         """Legal moves of every env, shape (num_envs, moves)."""
-        return self._state.mask.copy()
+        return legal_moves(self._state, self._tables, self._ops)
 
     def context_columns(self) -> Any:
         return context(self._state, self._tables, self._ops)

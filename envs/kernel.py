@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from envs.backend import Ops, ScalarOps
+from envs.backend import BatchOps, Ops, ScalarOps
 from envs.game import GameTables, PlayerRules
 from envs.observation import ATTACK_PATTERNS, PLAYER_ACTIONS, ContextColumns
 from envs.persona import PARAMETERS, PlayerPool
@@ -67,6 +67,14 @@ class FightState:
     persona: Any
     armor: Any
     power: Any
+    # persona parameters combined once per player (see start_players)
+    fastest_reaction: Any
+    reaction_spread: Any
+    anticipating_skill: Any
+    heal_below: Any
+    dodge_or_block: Any
+    trade_above: Any
+    range_keeper: Any
     share_total: Any
     dodge_rate: Any
     seen_reaction: Any
@@ -75,7 +83,6 @@ class FightState:
     history: Any  # 2 bits per recent fight, newest lowest: bit 0 player died, bit 1 won
     # per-move tables, always numpy with one row per env
     ready_at: Any
-    mask: Any
     shares: Any
     patterns: Any
     knowledge: Any
@@ -91,7 +98,6 @@ class FightState:
         }
         shapes = table_shapes(moves)
         tables = {name: _table(n, shape, scalar) for name, shape in shapes.items()}
-        tables["mask"] = [True] * moves if scalar else np.ones((n, moves), dtype=bool)
         return cls(**rows, **tables, params={p: _zero(n, scalar, False) for p in PARAMETERS},
                    scalar=scalar)
 
@@ -115,10 +121,12 @@ class FightState:
         """Set per-env fields (or persona parameters) for the envs in ``index``."""
         for name, value in values.items():
             target = self.params if name in self.params else self.__dict__
-            if self.scalar:
-                target[name] = np.asarray(value).reshape(-1)[0].item()
-            else:
+            if not self.scalar:
                 target[name][index] = value
+            elif isinstance(value, np.ndarray):
+                target[name] = value.item()
+            else:
+                target[name] = value
 
     def get(self, name: str) -> Any:
         return self.params[name] if name in self.params else self.__dict__[name]
@@ -146,8 +154,9 @@ CONTEXT_FIELDS = ("share_total", "shares", "patterns", "dodge_rate", "seen_react
                   "difficulty", "session_seconds", "history", "boss_hp", "boss_max_hp",
                   "phase", "arena", "distance", "stamina", "ready_at", "time", "last_move")
 INTEGER_FIELDS = ("phase", "last_move", "decisions", "difficulty", "arena", "persona", "fights",
+                  "range_keeper",
                   "history")
-TABLES = ("ready_at", "mask", "shares", "patterns", "knowledge", "knowledge_total")
+TABLES = ("ready_at", "shares", "patterns", "knowledge", "knowledge_total")
 
 
 class StepResult(NamedTuple):
@@ -172,7 +181,7 @@ class StepResult(NamedTuple):
     duration: Any
 
 
-def start_players(s: FightState, index: np.ndarray, pool: PlayerPool,
+def start_players(s: FightState, index: np.ndarray, pool: PlayerPool, rules: PlayerRules,
                   rng: np.random.Generator) -> None:
     """New players (a new series) in the envs of ``index``: forget everything observed."""
     count = len(index)
@@ -183,43 +192,51 @@ def start_players(s: FightState, index: np.ndarray, pool: PlayerPool,
     params["equipment_level"] = np.round(params["equipment_level"])
     zeros = np.zeros(count)
     s.assign(index, persona=persona, armor=1.0 / (1.0 + 0.08 * params["equipment_level"]),
-             power=1.0 + 0.1 * params["equipment_level"], share_total=zeros, dodge_rate=zeros,
+             power=1.0 + 0.1 * params["equipment_level"], **_derived(params, rules),
+             share_total=zeros, dodge_rate=zeros,
              seen_reaction=np.full(count, 0.5), session_seconds=zeros, fights=zeros,
              history=zeros.astype(int), **params)
     s.clear(index, "shares", "patterns", "knowledge", "knowledge_total")
 
 
+def _derived(params: dict[str, np.ndarray], rules: PlayerRules) -> dict[str, np.ndarray]:
+    """Per-player constants the kernel would otherwise recompute every exchange."""
+    reaction, jitter = params["reaction_time"], params["reaction_jitter"]
+    return {
+        "fastest_reaction": reaction * (1.0 - jitter),
+        "reaction_spread": 2.0 * reaction * jitter,
+        "anticipating_skill": np.maximum(params["dodge_skill"], 0.9),
+        "heal_below": params["heal_threshold"] * rules.max_hp,
+        "dodge_or_block": params["dodge_frequency"] + params["block_frequency"],
+        "trade_above": 1.0 - params["risk_tolerance"],
+        "range_keeper": 2 * (params["preferred_range"] > rules.melee_reach + 0.5),
+    }
+
+
 def start_fights(s: FightState, index: np.ndarray, t: GameTables, config: FightConfig,
                  rules: PlayerRules, rng: np.random.Generator) -> None:
     """New fights (same players) in the envs of ``index``."""
-    count = len(index)
-    if count == 0:
+    if len(index) == 0:
         return
-    draws = rng.random((3, count))
-    level = _fixed_or_drawn(config.difficulty, len(t.level_hp), draws[0])
-    arena = _fixed_or_drawn(config.arena, len(t.arena_size), draws[1])
-    boss_hp = t.boss_max_hp * np.asarray(t.level_hp)[level]
-    size = np.asarray(t.arena_size)[arena]
-    s.assign(index, boss_hp=boss_hp, boss_max_hp=boss_hp, stamina=np.full(count, t.max_stamina),
-             player_hp=np.full(count, rules.max_hp),
-             distance=np.minimum(3.0 + 5.0 * draws[2], size),
-             time=np.zeros(count), phase=np.zeros(count, dtype=int),
-             last_move=np.full(count, -1), heals_left=np.full(count, rules.heals),
-             decisions=np.zeros(count, dtype=int), difficulty=level, arena=arena,
-             boss_damage_mult=np.asarray(t.level_damage)[level] * np.asarray(t.arena_damage)[arena],
-             visibility=np.asarray(t.arena_visibility)[arena],
-             dodge_mult=np.asarray(t.arena_dodge)[arena], arena_size=size)
+    o: Ops = ScalarOps() if s.scalar else BatchOps(len(index))
+    draws = o.uniform(rng, 3)
+    level = _fixed_or_drawn(o, config.difficulty, len(t.level_hp), draws[0])
+    arena = _fixed_or_drawn(o, config.arena, len(t.arena_size), draws[1])
+    boss_hp = t.boss_max_hp * t.level_hp[level]
+    size = t.arena_size[arena]
+    s.assign(index, boss_hp=boss_hp, boss_max_hp=boss_hp, stamina=t.max_stamina,
+             player_hp=rules.max_hp, distance=o.minimum(3.0 + 5.0 * draws[2], size), time=0.0,
+             phase=0, last_move=-1, heals_left=rules.heals, decisions=0, difficulty=level,
+             arena=arena, boss_damage_mult=t.level_damage[level] * t.arena_damage[arena],
+             visibility=t.arena_visibility[arena], dodge_mult=t.arena_dodge[arena],
+             arena_size=size)
     s.clear(index, "ready_at")
-    if s.scalar:
-        s.mask[:] = fresh_mask(t)
-    else:
-        s.mask[index] = fresh_mask(t)
 
 
-def _fixed_or_drawn(fixed: int, options: int, draw: np.ndarray) -> np.ndarray:
+def _fixed_or_drawn(o: Ops, fixed: int, options: int, draw: Any) -> Any:
     if fixed >= 0:
-        return np.full(len(draw), fixed)
-    return np.minimum((draw * options).astype(int), options - 1)
+        return fixed if isinstance(o, ScalarOps) else np.full(o.n, fixed)
+    return o.minimum(o.to_int(draw * options), options - 1)
 
 
 # One pass, top to bottom, in sections: splitting it would add per-call overhead to the single
@@ -229,68 +246,70 @@ def step(  # noqa: PLR0915
 ) -> StepResult:
     """Resolve one exchange in every env; ``u`` holds RANDOM_DRAWS uniforms per env."""
     p = s.params
-    legal = o.pick(s.mask, move)
-    move = o.where(legal, move, t.phase_fallback[s.phase])
+    where, maximum, minimum, clip, not_ = o.where, o.maximum, o.minimum, o.clip, o.not_
+    legal = is_legal(o.pick(s.ready_at, move), s.time, o.cell(t.phase_allows, s.phase, move),
+                     s.stamina, t.stamina_cost[move])
+    move = where(legal, move, t.phase_fallback[s.phase])
     (windup, active, recovery, damage, reach, advance, dodgeability, blockable, guard,
      counter_damage, knockback, cooldown, stamina_cost) = o.lookup(t.move_stats, s.phase, move)
     damage = damage * s.boss_damage_mult
-    distance = o.maximum(s.distance - advance, 0.0)
+    distance = maximum(s.distance - advance, 0.0)
     attacking = (damage > 0.0) & (distance <= reach)
 
     # The player reads the telegraph in time, or has learnt the pattern and anticipates it.
-    reaction = p["reaction_time"] * (1.0 + p["reaction_jitter"] * (2.0 * u[0] - 1.0))
+    reaction = s.fastest_reaction + s.reaction_spread * u[0]
     previous = s.last_move + 1
     familiarity = o.pick2(s.knowledge, previous, move) / (o.pick(s.knowledge_total, previous) + 2.0)
     anticipated = u[1] < familiarity
     reacted = (reaction < windup * s.visibility) | anticipated
     dodges = reacted & ((u[2] < p["dodge_frequency"]) | anticipated)
-    blocks = reacted & o.not_(dodges) & (u[2] < p["dodge_frequency"] + p["block_frequency"])
-    trades = reacted & o.not_(dodges | blocks) & (u[2] > 1.0 - p["risk_tolerance"])
-    skill = o.where(anticipated, o.maximum(p["dodge_skill"], 0.9), p["dodge_skill"])
+    blocks = reacted & not_(dodges) & (u[2] < s.dodge_or_block)
+    trades = reacted & not_(dodges | blocks) & (u[2] > s.trade_above)
+    skill = where(anticipated, s.anticipating_skill, p["dodge_skill"])
     evaded = dodges & (u[3] < skill * dodgeability * s.dodge_mult)
-    hit = attacking & o.not_(evaded)
+    hit = attacking & not_(evaded)
     guarded = hit & blocks & (blockable > 0.0)
     taken = hit * damage * (1.0 - guarded * rules.guard) * s.armor
 
     # The opening the move leaves: heal, or attack (closing in first for melee).
-    heals = (s.player_hp - taken < p["heal_threshold"] * rules.max_hp) & (s.heals_left > 0)
-    attacks = o.not_(heals) & (trades | (u[4] < p["aggression"]))
+    heals = (s.player_hp - taken < s.heal_below) & (s.heals_left > 0)
+    attacks = not_(heals) & (trades | (u[4] < p["aggression"]))
     ranged = attacks & (u[5] < p["ranged_ratio"])
-    heavy = attacks & o.not_(ranged) & (u[6] < p["heavy_ratio"])
+    heavy = attacks & not_(ranged) & (u[6] < p["heavy_ratio"])
     # The player's opening: the move's recovery, plus its active time when it does not threaten
     # them (dodged, a guard, out of reach), plus the wind-up when they attack through it.
-    opening = recovery + (evaded | o.not_(attacking)) * active + trades * windup
-    approach = o.where(ranged, 0.0, o.maximum(distance - rules.melee_reach, 0.0) / APPROACH_SPEED)
-    swings = o.clip((opening - approach) / rules.hit_seconds, 0.0, p["combo_length"])
-    per_hit = o.where(ranged, rules.ranged_damage,
-                      o.where(heavy, rules.heavy_damage, rules.light_damage))
+    opening = recovery + (evaded | not_(attacking)) * active + trades * windup
+    approach = where(ranged, 0.0, maximum(distance - rules.melee_reach, 0.0) / APPROACH_SPEED)
+    swings = clip((opening - approach) / rules.hit_seconds, 0.0, p["combo_length"])
+    per_hit = where(ranged, rules.ranged_damage,
+                      where(heavy, rules.heavy_damage, rules.light_damage))
     bonus = 1.0 + 0.3 * (anticipated | evaded)
     dealt = attacks * swings * per_hit * bonus * s.power * (1.0 - guard)
     countered = attacks * counter_damage * s.armor
     healed = heals * rules.heal_amount
 
     # Bookkeeping: positions, time, stamina, cooldowns, health, phase.
-    after = o.where(attacks & o.not_(ranged), o.minimum(distance, rules.melee_reach), distance)
+    after = where(attacks & not_(ranged), minimum(distance, rules.melee_reach), distance)
     after = after + hit * knockback
-    s.distance = o.clip(after + 0.5 * (p["preferred_range"] - after), 0.0, s.arena_size)
+    s.distance = clip(after + 0.5 * (p["preferred_range"] - after), 0.0, s.arena_size)
     duration = windup + active + recovery
     s.time = s.time + duration
     s.session_seconds = s.session_seconds + duration
     o.put(s.ready_at, move, s.time + cooldown)
-    s.stamina = o.minimum(s.stamina - stamina_cost + t.stamina_regen * duration,
+    s.stamina = minimum(s.stamina - stamina_cost + t.stamina_regen * duration,
                           t.max_stamina)
     s.heals_left = s.heals_left - heals
     s.boss_hp = s.boss_hp - dealt
-    s.player_hp = o.minimum(s.player_hp - taken - countered + healed, rules.max_hp)
-    boss_fraction = o.maximum(s.boss_hp, 0.0) / s.boss_max_hp
-    player_fraction = o.maximum(s.player_hp, 0.0) / rules.max_hp
+    s.player_hp = minimum(s.player_hp - taken - countered + healed, rules.max_hp)
+    boss_fraction = maximum(s.boss_hp, 0.0) / s.boss_max_hp
+    player_fraction = maximum(s.player_hp, 0.0) / rules.max_hp
     s.phase = o.count_at_or_below(boss_fraction, t.phase_thresholds)
     s.decisions = s.decisions + 1
 
     # What a game observes of the player, and what the player learns of the boss.
-    response = o.where(dodges, DODGE, o.where(blocks, BLOCK, -1))
-    offense = o.where(heals, HEAL, o.where(ranged, RANGED, o.where(heavy, HEAVY, LIGHT)))
-    responded = EMA * (response >= 0)
+    response = where(dodges, DODGE, where(blocks, BLOCK, -1))
+    offense = where(heals, HEAL, where(ranged, RANGED, where(heavy, HEAVY, LIGHT)))
+    responded = EMA * (dodges | blocks)
     acted = EMA * (heals | attacks)
     o.decay(s.shares, 1.0 - EMA)
     o.add(s.shares, response, responded)
@@ -300,17 +319,17 @@ def step(  # noqa: PLR0915
     s.seen_reaction = s.seen_reaction + EMA * attacking * (reaction - s.seen_reaction)
     # ATTACK_PATTERNS seen in this exchange, as bits: combo, hit_and_run, ranged_poke,
     # counter_attack, button_mash.
-    seen = ((swings >= 2.0) + 2 * (p["preferred_range"] > rules.melee_reach + 0.5)
-            + 4 * ranged + 8 * (evaded | guarded) + 16 * trades)
+    seen = ((swings >= 2.0) + s.range_keeper + 4 * ranged + 8 * (evaded | guarded)
+            + 16 * trades)
     o.blend(s.patterns, EMA * attacks, seen)
     o.add2(s.knowledge, previous, move, p["pattern_learning"])
     o.add(s.knowledge_total, previous, p["pattern_learning"])
     s.last_move = move
 
     boss_down = s.boss_hp <= 0.0
-    player_down = (s.player_hp <= 0.0) & o.not_(boss_down)
+    player_down = (s.player_hp <= 0.0) & not_(boss_down)
     terminated = boss_down | player_down
-    truncated = o.not_(terminated) & (s.time >= t.max_fight_seconds)
+    truncated = not_(terminated) & (s.time >= t.max_fight_seconds)
     margin = boss_fraction - player_fraction
     ended = terminated | truncated
     if config.objective == "defeat":
@@ -319,10 +338,9 @@ def step(  # noqa: PLR0915
     else:
         reward = o.when(ended, lambda *a: engagement_reward(o, t, *a), s.difficulty, s.fights,
                         s.history, s.time, boss_down, margin)
-    reward = reward - 0.05 * o.not_(legal)
+    reward = reward - 0.05 * not_(legal)
     if o.any(ended):
         _record_series(s, o, ended, player_down, boss_down)
-    update_mask(s, t, o)
     return StepResult(reward, terminated, truncated, boss_down, margin, move, anticipated, evaded,
                       guarded, hit, trades, heals, attacks, ranged, taken + countered, dealt,
                       duration)
@@ -355,19 +373,15 @@ def _record_series(s: FightState, o: Ops, ended: Any, player_down: Any, boss_dow
     s.session_seconds = s.session_seconds + ended * BREAK_SECONDS
 
 
-def fresh_mask(t: GameTables) -> list[bool]:
-    """Legal moves at a fight's start: first phase, full stamina, nothing on cooldown."""
-    moves = len(t.phase_allows[0])
-    mask = [True] * moves
-    ScalarOps.legal_moves(mask, [0.0] * moves, 0.0, tuple(t.phase_allows[0]), t.max_stamina,
-                          tuple(t.stamina_cost))
-    return mask
+def is_legal(ready_at: Any, now: Any, allowed: Any, stamina: Any, cost: Any) -> Any:
+    """The rule for a move (elementwise): off cooldown, allowed in the phase, affordable."""
+    return (ready_at <= now + 1e-9) & allowed & (stamina >= cost)
 
 
-def update_mask(s: FightState, t: GameTables, o: Ops) -> None:
-    """Moves the boss may use now: allowed in the phase, off cooldown, affordable."""
-    o.legal_moves(s.mask, s.ready_at, s.time, t.phase_allows[s.phase], s.stamina,
-                  t.stamina_cost)
+def legal_moves(s: FightState, t: GameTables, o: Ops) -> Any:
+    """Every move's legality now: (n, moves) bools for a batch, a list for one env."""
+    return o.legal_moves(is_legal, s.ready_at, s.time, t.phase_allows[s.phase], s.stamina,
+                         t.stamina_cost)
 
 
 def context(s: FightState, t: GameTables, o: Ops) -> ContextColumns:

@@ -186,7 +186,7 @@ class ObservationLayout:
         out = ops.new_observation(self.size)
         ops.write_scalars(out, columns[:VALUES_END], SCALES)
         ops.write_blocks(out, self.block_starts, columns[VALUES_END:BLOCKS_END])
-        ops.write_one_hots(out, self.category_starts, self.category_sizes, columns[BLOCKS_END:])
+        ops.write_one_hots(out, self.category_starts, self.category_rows, columns[BLOCKS_END:])
         return ops.finish_observation(out)
 
     @property
@@ -198,15 +198,16 @@ class ObservationLayout:
         return self._positions[1]
 
     @property
-    def category_sizes(self) -> tuple[int, ...]:
+    def category_rows(self) -> tuple[tuple[tuple[float, ...], ...], ...]:
+        """Per category, its one-hot rows by index, then an all-zero row (index -1)."""
         return self._positions[2]
 
     @functools.cached_property
-    def _positions(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    def _positions(self) -> tuple[Any, Any, Any]:
         blocks = self.features[VALUES_END:BLOCKS_END]
         categories = self.features[BLOCKS_END:]
         return (tuple(f.start for f in blocks), tuple(f.start for f in categories),
-                tuple(f.size for f in categories))
+                tuple(_one_hot_rows(f.size) for f in categories))
 
     def encode_situation(self, situation: Situation) -> np.ndarray:
         """Encode one decision's situation (what the server does for every request)."""
@@ -241,6 +242,10 @@ class ObservationLayout:
             cooldowns=[float(c) for c in cooldowns],
             last_boss_action=last + 1,
         )
+
+
+def _one_hot_rows(size: int) -> tuple[tuple[float, ...], ...]:
+    return tuple(tuple(1.0 if i == j else 0.0 for j in range(size)) for i in range(size + 1))
 
 
 def _multi_hot(vocabulary: Sequence[str], names: Sequence[str]) -> list[float]:

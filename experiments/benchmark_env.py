@@ -54,8 +54,16 @@ def vector_env_rate(env: gym.vector.VectorEnv[Any, Any, Any], seconds: float,
     return batches * env.num_envs / (time.perf_counter() - start)
 
 
-def best_of(repeats: int, measure: Callable[[], float]) -> float:
-    return max(measure() for _ in range(repeats))
+def paired_rounds(rounds: int, ours: Callable[[], float],
+                  reference: Callable[[], float]) -> tuple[float, float, float]:
+    """Alternate short measurements of ours and the reference; this machine's speed drifts, so
+    each round's ratio compares runs made seconds apart. Returns medians: ours, reference, ratio.
+    """
+    pairs = [(ours(), reference()) for _ in range(rounds)]
+    ours_rates, reference_rates = zip(*pairs, strict=True)
+    ratios = [a / b for a, b in pairs]
+    return (float(np.median(ours_rates)), float(np.median(reference_rates)),
+            float(np.median(ratios)))
 
 
 def pin_to_one_core() -> str:
@@ -68,8 +76,8 @@ def pin_to_one_core() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
-    parser.add_argument("--repeats", type=int, default=3, help="best of this many")
+    parser.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
+    parser.add_argument("--rounds", type=int, default=7, help="paired rounds (medians)")
     parser.add_argument("--num-envs", type=int, default=1024)
     parser.add_argument("--game", default="duel")
     args = parser.parse_args()
@@ -78,24 +86,24 @@ def main() -> None:
     envs.load_game(args.game)  # fail early on a bad name
 
     boss = gym.make("bosslab/BossFight-v0", game=args.game)
-    moves = boss.action_space.n  # type: ignore[attr-defined]
+    cartpole = gym.make("CartPole-v1")
+    moves = len(boss.unwrapped.layout.moves)  # type: ignore[attr-defined]
     single_actions = rng.integers(0, moves, size=4096)
-    ours_single = best_of(args.repeats, lambda: single_env_rate(boss, args.seconds,
-                                                                single_actions))
-    cartpole_single = best_of(args.repeats, lambda: single_env_rate(
-        gym.make("CartPole-v1"), args.seconds, single_actions % 2))
+    ours_single, cartpole_single, single_ratio = paired_rounds(
+        args.rounds,
+        lambda: single_env_rate(boss, args.seconds, single_actions),
+        lambda: single_env_rate(cartpole, args.seconds, single_actions % 2))
 
     n = args.num_envs
     vector_actions = rng.integers(0, moves, size=(64, n))
-    ours_vector = best_of(args.repeats, lambda: vector_env_rate(
-        BossFightVectorEnv(num_envs=n, game=args.game), args.seconds, vector_actions))
-    cartpole_vector = best_of(args.repeats, lambda: vector_env_rate(
-        CartPoleVectorEnv(num_envs=n), args.seconds, vector_actions % 2))
+    ours_vec, cartpole_vec = BossFightVectorEnv(num_envs=n, game=args.game), CartPoleVectorEnv(n)
+    ours_vector, cartpole_vector, vector_ratio = paired_rounds(
+        args.rounds,
+        lambda: vector_env_rate(ours_vec, args.seconds, vector_actions),
+        lambda: vector_env_rate(cartpole_vec, args.seconds, vector_actions % 2))
 
-    single_ratio = ours_single / cartpole_single
-    vector_ratio = ours_vector / cartpole_vector
     print(f"# Env speed ({platform.processor() or platform.machine()}, {pinning}, "
-          f"game={args.game}, best of {args.repeats} x {args.seconds:g} s)\n")
+          f"game={args.game}, medians of {args.rounds} paired rounds of {args.seconds:g} s)\n")
     print("| env | steps/s | reference | reference steps/s | ratio | target |")
     print("|---|---:|---|---:|---:|---|")
     print(f"| BossFight-v0 (gymnasium.make) | {ours_single:,.0f} | CartPole-v1 | "
