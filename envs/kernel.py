@@ -30,7 +30,7 @@ DEATH_BITS = int("01" * RECENT_FIGHTS, 2)
 WIN_BITS = int("10" * RECENT_FIGHTS, 2)
 APPROACH_SPEED = 6.0  # metres per second a player covers closing in to melee
 BREAK_SECONDS = 15.0  # session time between two fights of a series
-RANDOM_DRAWS = 7  # uniform numbers one exchange consumes per env
+RANDOM_DRAWS = 6  # uniform numbers one exchange consumes per env
 
 
 class FightConfig(NamedTuple):
@@ -63,17 +63,8 @@ class FightState:
     visibility: Any
     dodge_mult: Any
     arena_size: Any
-    # the player: persona parameters and what the game has observed of them so far
+    # the player: what the game has observed of them so far (their parameters: ``params``)
     persona: Any
-    armor: Any
-    power: Any
-    # persona parameters combined once per player (see start_players)
-    fastest_reaction: Any
-    reaction_spread: Any
-    anticipating_skill: Any
-    heal_below: Any
-    dodge_or_block: Any
-    trade_above: Any
     range_keeper: Any
     share_total: Any
     dodge_rate: Any
@@ -87,27 +78,47 @@ class FightState:
     patterns: Any
     knowledge: Any
     knowledge_total: Any
+    # PLAYER_FIELDS by name: floats (single env), or row views of ``player`` (vector env),
+    # a (fields, envs) matrix so that a new player is one assignment.
     params: dict[str, Any]
+    player: np.ndarray | None
     scalar: bool
 
     @classmethod
     def empty(cls, n: int, moves: int, scalar: bool) -> FightState:
         rows: dict[str, Any] = {
             f.name: _zero(n, scalar, f.name in INTEGER_FIELDS) for f in fields(cls)
-            if f.name not in TABLES and f.name not in ("params", "scalar")
+            if f.name not in TABLES and f.name not in NOT_ROWS
         }
         shapes = table_shapes(moves)
         tables = {name: _table(n, shape, scalar) for name, shape in shapes.items()}
-        return cls(**rows, **tables, params={p: _zero(n, scalar, False) for p in PARAMETERS},
-                   scalar=scalar)
+        player = None if scalar else np.zeros((len(PLAYER_FIELDS), n))
+        state = cls(**rows, **tables, params={}, player=player, scalar=scalar)
+        state.__setstate__(state.__dict__)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Pickling copies each array, so the row views are made again from the matrix.
+        self.__dict__.update(state)
+        if self.player is not None:
+            self.params = dict(zip(PLAYER_FIELDS, self.player, strict=True))
+        elif not self.params:
+            self.params = dict.fromkeys(PLAYER_FIELDS, 0.0)
+
+    def assign_player(self, index: np.ndarray, values: np.ndarray) -> None:
+        """Set PLAYER_FIELDS (the columns of ``values``, one row per env in ``index``)."""
+        if self.player is None:
+            self.params.update(zip(PLAYER_FIELDS, values[0].tolist(), strict=True))
+        else:
+            self.player[:, index] = values.T
 
     def take(self, index: np.ndarray) -> FightState:
         """The envs in ``index``, with only what ``context`` reads (vector state only)."""
         assert not self.scalar
         rows = {name: (value[index] if name in CONTEXT_FIELDS else None)
-                for name, value in self.__dict__.items() if name not in ("params", "scalar")}
+                for name, value in self.__dict__.items() if name not in NOT_ROWS}
         params = {"equipment_level": self.params["equipment_level"][index]}
-        return FightState(**rows, params=params, scalar=False)
+        return FightState(**rows, params=params, player=None, scalar=False)
 
     def clear(self, index: np.ndarray, *tables: str) -> None:
         """Zero the named per-move tables of the envs in ``index``."""
@@ -118,18 +129,14 @@ class FightState:
                 getattr(self, name)[index] = 0.0
 
     def assign(self, index: np.ndarray, **values: Any) -> None:
-        """Set per-env fields (or persona parameters) for the envs in ``index``."""
+        """Set per-env fields for the envs in ``index``."""
         for name, value in values.items():
-            target = self.params if name in self.params else self.__dict__
             if not self.scalar:
-                target[name][index] = value
+                self.__dict__[name][index] = value
             elif isinstance(value, np.ndarray):
-                target[name] = value.item()
+                self.__dict__[name] = value.item()
             else:
-                target[name] = value
-
-    def get(self, name: str) -> Any:
-        return self.params[name] if name in self.params else self.__dict__[name]
+                self.__dict__[name] = value
 
 
 def _zero(n: int, scalar: bool, integer: bool) -> Any:
@@ -150,6 +157,10 @@ def _table(n: int, shape: tuple[int, ...], scalar: bool) -> Any:
     return np.zeros((n, *shape))
 
 
+PLAYER_FIELDS = (*PARAMETERS, "armor", "power", "fastest_reaction", "reaction_spread",
+                 "anticipating_skill", "heal_below", "dodge_or_block", "trade_above", "heavy_cut")
+"""Per-player floats: the persona's parameters, then constants derived from them once."""
+NOT_ROWS = ("params", "player", "scalar")
 CONTEXT_FIELDS = ("share_total", "shares", "patterns", "dodge_rate", "seen_reaction", "player_hp",
                   "difficulty", "session_seconds", "history", "boss_hp", "boss_max_hp",
                   "phase", "arena", "distance", "stamina", "ready_at", "time", "last_move")
@@ -188,28 +199,36 @@ def start_players(s: FightState, index: np.ndarray, pool: PlayerPool, rules: Pla
     if count == 0:
         return
     persona, values = pool.sample(rng, count)
-    params = {name: values[:, i] for i, name in enumerate(PARAMETERS)}
-    params["equipment_level"] = np.round(params["equipment_level"])
+    player = np.empty((count, len(PLAYER_FIELDS)))
+    player[:, :len(PARAMETERS)] = values
+    params = dict(zip(PLAYER_FIELDS, player.T, strict=True))
+    params["equipment_level"][:] = np.round(params["equipment_level"])
+    for name, derived in _derived(params, rules).items():
+        params[name][:] = derived
+    s.assign_player(index, player)
     zeros = np.zeros(count)
-    s.assign(index, persona=persona, armor=1.0 / (1.0 + 0.08 * params["equipment_level"]),
-             power=1.0 + 0.1 * params["equipment_level"], **_derived(params, rules),
-             share_total=zeros, dodge_rate=zeros,
-             seen_reaction=np.full(count, 0.5), session_seconds=zeros, fights=zeros,
-             history=zeros.astype(int), **params)
+    s.assign(index, persona=persona,
+             range_keeper=2 * (params["preferred_range"] > rules.melee_reach + 0.5),
+             share_total=zeros, dodge_rate=zeros, seen_reaction=np.full(count, 0.5),
+             session_seconds=zeros, fights=zeros, history=zeros.astype(int))
     s.clear(index, "shares", "patterns", "knowledge", "knowledge_total")
 
 
 def _derived(params: dict[str, np.ndarray], rules: PlayerRules) -> dict[str, np.ndarray]:
     """Per-player constants the kernel would otherwise recompute every exchange."""
     reaction, jitter = params["reaction_time"], params["reaction_jitter"]
+    ranged = params["ranged_ratio"]
     return {
+        "armor": 1.0 / (1.0 + 0.08 * params["equipment_level"]),
+        "power": 1.0 + 0.1 * params["equipment_level"],
         "fastest_reaction": reaction * (1.0 - jitter),
         "reaction_spread": 2.0 * reaction * jitter,
         "anticipating_skill": np.maximum(params["dodge_skill"], 0.9),
         "heal_below": params["heal_threshold"] * rules.max_hp,
         "dodge_or_block": params["dodge_frequency"] + params["block_frequency"],
         "trade_above": 1.0 - params["risk_tolerance"],
-        "range_keeper": 2 * (params["preferred_range"] > rules.melee_reach + 0.5),
+        # One draw picks ranged (below ranged_ratio) or else heavy with heavy_ratio's odds.
+        "heavy_cut": ranged + (1.0 - ranged) * params["heavy_ratio"],
     }
 
 
@@ -257,25 +276,25 @@ def step(  # noqa: PLR0915
     attacking = (damage > 0.0) & (distance <= reach)
 
     # The player reads the telegraph in time, or has learnt the pattern and anticipates it.
-    reaction = s.fastest_reaction + s.reaction_spread * u[0]
+    reaction = p["fastest_reaction"] + p["reaction_spread"] * u[0]
     previous = s.last_move + 1
     familiarity = o.pick2(s.knowledge, previous, move) / (o.pick(s.knowledge_total, previous) + 2.0)
     anticipated = u[1] < familiarity
     reacted = (reaction < windup * s.visibility) | anticipated
     dodges = reacted & ((u[2] < p["dodge_frequency"]) | anticipated)
-    blocks = reacted & not_(dodges) & (u[2] < s.dodge_or_block)
-    trades = reacted & not_(dodges | blocks) & (u[2] > s.trade_above)
-    skill = where(anticipated, s.anticipating_skill, p["dodge_skill"])
+    blocks = reacted & not_(dodges) & (u[2] < p["dodge_or_block"])
+    trades = reacted & not_(dodges | blocks) & (u[2] > p["trade_above"])
+    skill = where(anticipated, p["anticipating_skill"], p["dodge_skill"])
     evaded = dodges & (u[3] < skill * dodgeability * s.dodge_mult)
     hit = attacking & not_(evaded)
     guarded = hit & blocks & (blockable > 0.0)
-    taken = hit * damage * (1.0 - guarded * rules.guard) * s.armor
+    taken = hit * damage * (1.0 - guarded * rules.guard) * p["armor"]
 
     # The opening the move leaves: heal, or attack (closing in first for melee).
-    heals = (s.player_hp - taken < s.heal_below) & (s.heals_left > 0)
+    heals = (s.player_hp - taken < p["heal_below"]) & (s.heals_left > 0)
     attacks = not_(heals) & (trades | (u[4] < p["aggression"]))
     ranged = attacks & (u[5] < p["ranged_ratio"])
-    heavy = attacks & not_(ranged) & (u[6] < p["heavy_ratio"])
+    heavy = attacks & not_(ranged) & (u[5] < p["heavy_cut"])
     # The player's opening: the move's recovery, plus its active time when it does not threaten
     # them (dodged, a guard, out of reach), plus the wind-up when they attack through it.
     opening = recovery + (evaded | not_(attacking)) * active + trades * windup
@@ -284,8 +303,8 @@ def step(  # noqa: PLR0915
     per_hit = where(ranged, rules.ranged_damage,
                       where(heavy, rules.heavy_damage, rules.light_damage))
     bonus = 1.0 + 0.3 * (anticipated | evaded)
-    dealt = attacks * swings * per_hit * bonus * s.power * (1.0 - guard)
-    countered = attacks * counter_damage * s.armor
+    dealt = attacks * swings * per_hit * bonus * p["power"] * (1.0 - guard)
+    countered = attacks * counter_damage * p["armor"]
     healed = heals * rules.heal_amount
 
     # Bookkeeping: positions, time, stamina, cooldowns, health, phase.

@@ -71,7 +71,7 @@ class PersonaSettings:
     @classmethod
     def from_config(cls, cfg: DictConfig) -> PersonaSettings:
         return cls(bosses=names(cfg.bosses), fights=int(cfg.fights), series=int(cfg.series),
-                   difficulty=str(cfg.difficulty), seed=int(cfg.seed),
+                   difficulty=str(cfg.difficulty.level), seed=int(cfg.seed),
                    replay_boss=str(cfg.replay_boss))
 
     def validate(self, game: GameDefinition) -> None:

@@ -64,7 +64,7 @@ class TournamentSettings:
     def from_config(cls, cfg: DictConfig) -> TournamentSettings:
         return cls(bosses=names(cfg.bosses), personas=names(cfg.personas),
                    fights=int(cfg.fights), series=int(cfg.series),
-                   difficulty=str(cfg.difficulty), seed=int(cfg.seed))
+                   difficulty=str(cfg.difficulty.level), seed=int(cfg.seed))
 
     def validate(self, game: GameDefinition) -> None:
         """Raise ValueError naming the allowed values for anything the game cannot play."""
