@@ -1,0 +1,61 @@
+"""A trained Stable-Baselines3 agent as a :class:`envs.bosses.BossPolicy`.
+
+The boss plays deterministically: per env, the legal move with the highest action probability
+(PPO, A2C, MaskablePPO) or Q-value (DQN). Illegal moves are masked out before the argmax, so
+the boss never picks one, whatever the network learnt.
+
+>>> boss = load_policy("model.zip")
+>>> moves = boss.select_moves(observations, action_masks)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.dqn.policies import DQNPolicy
+
+from agents.factory import load_agent
+from envs.bosses import masked_argmax
+
+ACTOR_CRITICS = ActorCriticPolicy | MaskableActorCriticPolicy
+"""Policies whose action probabilities rank the moves (PPO, A2C; MaskablePPO)."""
+
+
+class SB3BossPolicy:
+    """Batched, deterministic, masked move choice of an SB3 model (PPO, A2C, MaskablePPO, DQN)."""
+
+    def __init__(self, model: BaseAlgorithm, name: str) -> None:
+        if not isinstance(model.policy, ACTOR_CRITICS | DQNPolicy):
+            raise TypeError(f"SB3BossPolicy needs an actor-critic (PPO, A2C, MaskablePPO) or "
+                            f"DQN model, got a {type(model.policy).__name__} policy.")
+        self.model = model
+        self.name = name
+
+    def move_values(self, observations: np.ndarray) -> np.ndarray:
+        """(n, moves): action probabilities (actor-critic) or Q-values (DQN), unmasked."""
+        policy = self.model.policy
+        policy.set_training_mode(False)
+        obs, _ = policy.obs_to_tensor(np.asarray(observations, dtype=np.float32))
+        with torch.no_grad():
+            if isinstance(policy, DQNPolicy):
+                values = policy.q_net(obs)
+            else:
+                assert isinstance(policy, ACTOR_CRITICS)
+                distribution = policy.get_distribution(obs).distribution
+                assert isinstance(distribution, torch.distributions.Categorical)
+                values = distribution.probs
+        return values.cpu().numpy().astype(np.float64)
+
+    def select_moves(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
+        """Per env, the legal move the model values most, as (n,) int64."""
+        return masked_argmax(self.move_values(observations), action_masks)
+
+
+def load_policy(path: str | Path, name: str | None = None) -> SB3BossPolicy:
+    """A saved model (``model.save``) as a boss policy, named after the file by default."""
+    return SB3BossPolicy(load_agent(path), name or Path(path).stem)

@@ -1,0 +1,506 @@
+"""Train a boss with Stable-Baselines3, tracked in MLflow.
+
+    python -m experiments.train                                   # PPO, duel, population
+    python -m experiments.train agent=maskable_ppo budget=smoke
+    python -m experiments.train agent=dqn objective=defeat difficulty=all seed=3
+    python -m experiments.train game=dragon_keep difficulty.level=veteran
+    python -m experiments.train resume=<run id>                   # continue an interrupted run
+    mlflow ui --backend-store-uri sqlite:///mlflow.db             # browse the runs
+
+The config (``configs/train.yaml``) is composed from the groups ``game``, ``player``, ``agent``
+(ppo, maskable_ppo, dqn, a2c), ``objective`` (engagement, defeat), ``difficulty`` (easy,
+normal, hard, all), ``budget`` (smoke, default, long) and ``tracking`` (local, server), each
+checked against its schema (:mod:`agents.config`, :class:`TrainConfig`) when composed and
+validated across fields before anything runs.
+
+One MLflow run holds: the resolved config (``config/config.yaml``) and its flattened params;
+tags ``git_commit``, ``game_fingerprint``, ``algo``, ``game``, ``interrupted``; training
+metrics against env steps (``fights/*`` from the fights that ended recently: episode return,
+player win rate, duration, timeouts, engagement score; ``time/env_steps_per_second``; SB3's own
+``train/*``, ``rollout/*``); checkpoints (``checkpoints/step_<n>.zip``); the model
+(``model/model.zip``); the evaluation against every persona (``evaluation/evaluation.csv``
+and ``.md``, metrics ``eval/*``); the learning curve (``plots/learning_curve.png``) and a replay
+of one evaluation fight (``replay/replay_<persona>.html``).
+
+Ctrl-C saves a checkpoint, tags the run ``interrupted=true`` (with ``interrupted_at_step``) and
+ends it with status KILLED; ``resume=<run id>`` reopens the same run with its logged config,
+loads the last checkpoint and continues the step count (on finishing, ``interrupted=false``).
+DQN resumes without its replay buffer, and the envs restart with fresh players.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium
+import hydra
+import matplotlib
+import mlflow
+import pandas as pd
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
+
+from agents.callbacks import (
+    CheckpointCallback,
+    FightMetricsCallback,
+    LoggerForwarder,
+    ProgressBarCallback,
+    close_all,
+)
+from agents.config import (
+    AGENT_CONFIGS,
+    AgentConfig,
+    BudgetConfig,
+    DifficultyConfig,
+    ObjectiveConfig,
+    PPOConfig,
+    agent_config,
+)
+from agents.factory import load_agent, make_agent
+from agents.policy import SB3BossPolicy
+from agents.vec_env import BossFightVecEnv
+from envs.boss_fight import OBJECTIVES
+from envs.engagement import summarize_fights
+from envs.fights import play_fights
+from envs.game import GameDefinition, load_game
+from envs.persona import available_players, load_players
+from envs.replay import record_fight
+from experiments import tracking
+from experiments.tournament import check_choices, interactive, markdown_table, readable_table
+
+matplotlib.use("Agg")  # files only, no display; chosen before pyplot is imported
+import matplotlib.pyplot as plt
+
+REPLAY_ENV_ID = "bosslab/BossFight-v0"
+PERSONAS = ["novice", "button_masher", "turtle", "dodger", "rusher", "adaptive_expert"]
+CURVES = ("fights/episode_return", "fights/engagement_score", "fights/player_win_rate",
+          "fights/duration_seconds")
+EVAL_METRICS = ("engagement_score", "player_win_rate", "mean_duration", "mean_hp_margin",
+                "close_share", "duration_share", "timeout_rate")
+
+
+@dataclass
+class EvalConfig:
+    """The evaluation after training: the trained boss against each persona."""
+
+    fights: int = 60
+    """Seeded fights per persona (per difficulty level when training at every level)."""
+    series: int = 6
+    """Players per persona fighting side by side; each plays ceil(fights / series) in a row."""
+    personas: list[str] = field(default_factory=lambda: list(PERSONAS))
+    """Personas (or populations) from configs/player/ to evaluate against."""
+
+
+@dataclass
+class TrainConfig:
+    """The schema of ``configs/train.yaml``."""
+
+    game: Any = MISSING
+    """The game definition (group ``game``): envs.game.GameDefinition's fields."""
+    player: Any = MISSING
+    """The persona or population trained against (group ``player``)."""
+    agent: Any = MISSING
+    """The agent (group ``agent``): one of agents.config.AGENT_CONFIGS."""
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    """What the boss is rewarded for (group ``objective``)."""
+    difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
+    """The level fights are played at (group ``difficulty``)."""
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    """How long to train (group ``budget``)."""
+    tracking: tracking.TrackingConfig = field(default_factory=tracking.TrackingConfig)
+    """Where MLflow records the run (group ``tracking``)."""
+    seed: int = 0
+    """Seeds envs, agent and evaluation: same config and seed, same evaluation table."""
+    num_envs: int = 8
+    """Fights stepped side by side while training."""
+    fights_per_player: int = 10
+    """Fights in one synthetic player's series while training."""
+    torch_threads: int = 1
+    """Torch CPU threads."""
+    experiment: str = "bosslab-train"
+    """MLflow experiment name."""
+    run_name: str | None = None
+    """MLflow run name (null: MLflow picks one)."""
+    resume: str | None = None
+    """Id of an interrupted run to continue, or null."""
+    checkpoint_every: int = 100_000
+    """Env steps between checkpoints."""
+    log_every: int = 10_000
+    """Env steps between training metric logs."""
+    metrics_window: int = 200
+    """Recent fights the training metrics are computed over."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """The evaluation after training."""
+
+
+def register_configs() -> None:
+    """Put the schemas in Hydra's ConfigStore: ``train_schema`` and ``schema/agent/<algo>``."""
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    for algo, schema in AGENT_CONFIGS.items():
+        store.store(group="schema/agent", name=algo, node=schema)
+
+
+register_configs()
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run produced."""
+
+    run_id: str
+    steps: int
+    """Env steps trained in total (resumes included)."""
+    interrupted: bool
+    evaluation: pd.DataFrame | None = None
+    """One row per persona (x level); None when interrupted."""
+
+
+# --- config ------------------------------------------------------------------------------
+
+
+def typed_config(cfg: DictConfig) -> TrainConfig:
+    """The composed config as typed dataclasses (the agent as its algorithm's config)."""
+    merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), cfg)
+    config = OmegaConf.to_object(merged)
+    assert isinstance(config, TrainConfig)
+    if not isinstance(config.agent, AgentConfig):  # untyped, e.g. a resumed run's logged config
+        config.agent = agent_config(dict(config.agent))
+    return config
+
+
+def validate(config: TrainConfig, game: GameDefinition) -> None:
+    """Check everything a schema cannot, before any compute (ValueError with the fix)."""
+    config.agent.validate()
+    config.budget.validate()
+    counts = {"num_envs": config.num_envs, "checkpoint_every": config.checkpoint_every,
+              "log_every": config.log_every, "metrics_window": config.metrics_window,
+              "fights_per_player": config.fights_per_player,
+              "torch_threads": config.torch_threads, "eval.fights": config.eval.fights,
+              "eval.series": config.eval.series}
+    for key, value in counts.items():
+        if value < 1:
+            raise ValueError(f"{key} must be >= 1, got {value}: set {key}=<a positive number> "
+                             f"(configs/train.yaml has the defaults).")
+    check_choices("objective", [config.objective.name], OBJECTIVES, "objective", listed=False)
+    if config.difficulty.level is not None:
+        check_choices("difficulty", [config.difficulty.level], list(game.difficulty_levels),
+                      "difficulty.level", f"game {game.name!r} has", listed=False)
+    check_choices("persona", config.eval.personas, available_players(), "eval.personas")
+    _validate_agent_budget(config)
+
+
+def _validate_agent_budget(config: TrainConfig) -> None:
+    """Cross-field rules between the agent, num_envs and the budget."""
+    agent = config.agent
+    if isinstance(agent, PPOConfig) and agent.batch_size > agent.n_steps * config.num_envs:
+        raise ValueError(
+            f"agent.batch_size={agent.batch_size} is larger than one rollout (agent.n_steps x "
+            f"num_envs = {agent.n_steps} x {config.num_envs} = {agent.n_steps * config.num_envs}"
+            f"): lower agent.batch_size or raise agent.n_steps or num_envs.")
+    starts = getattr(agent, "learning_starts", 0)
+    if starts >= config.budget.total_timesteps:
+        raise ValueError(
+            f"agent.learning_starts={starts} is not below budget.total_timesteps="
+            f"{config.budget.total_timesteps}, so {agent.algo} would never learn: lower "
+            f"agent.learning_starts or choose a larger budget (budget=default).")
+
+
+def resumed_config(cfg: DictConfig, work: Path) -> DictConfig:
+    """The config logged by the run to resume, with this command's tracking and ``resume``.
+
+    A resumed run keeps its own settings; other command-line values are reported and ignored.
+    """
+    run_id = str(cfg.resume)
+    if tracking.existing_run(run_id).info.status == "FINISHED":
+        raise ValueError(f"resume={run_id}: that run already finished, so there is nothing to "
+                         f"continue. Start a new run (drop resume=), e.g. with budget=long.")
+    logged = OmegaConf.load(tracking.download(run_id, "config/config.yaml", work))
+    assert isinstance(logged, DictConfig)
+    logged.resume = run_id
+    logged.tracking = cfg.tracking
+    kept = tracking.flatten(_plain(logged))
+    ignored = sorted(key for key, value in tracking.flatten(_plain(cfg)).items()
+                     if kept.get(key) != value)
+    if ignored:
+        shown = ", ".join(ignored[:8]) + (f" and {len(ignored) - 8} more" if len(ignored) > 8
+                                          else "")
+        print(f"Resuming run {run_id} with its logged config; ignoring: {shown}.")
+    return logged
+
+
+def _plain(cfg: DictConfig) -> dict[str, Any]:
+    data = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(data, dict)
+    return {str(k): v for k, v in data.items()}
+
+
+# --- building --------------------------------------------------------------------------
+
+
+def configure_torch(threads: int) -> None:
+    """Deterministic CPU torch with a fixed thread count (same seed, same run)."""
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+
+
+def env_kwargs(config: TrainConfig, game: GameDefinition) -> dict[str, Any]:
+    """The arguments of the training envs (envs.boss_fight.BossFightEnv's)."""
+    return {"game": game, "player": config.player, "objective": config.objective.name,
+            "difficulty": config.difficulty.level,
+            "fights_per_player": config.fights_per_player}
+
+
+def make_env(config: TrainConfig, game: GameDefinition, seed: int) -> BossFightVecEnv:
+    """The batched training envs, seeded."""
+    return BossFightVecEnv(config.num_envs, seed=seed, **env_kwargs(config, game))
+
+
+def build_model(config: TrainConfig, game: GameDefinition, work: Path) -> BaseAlgorithm:
+    """A new agent, or the resumed run's last checkpoint with fresh (re-seeded) envs."""
+    if config.resume is None:
+        return make_agent(config.agent, make_env(config, game, config.seed), config.seed)
+    checkpoint, step = tracking.latest_checkpoint(config.resume, work)
+    model = load_agent(checkpoint, env=make_env(config, game, config.seed + step))
+    print(f"Resuming from {checkpoint.name} at {model.num_timesteps} env steps.")
+    return model
+
+
+# --- training --------------------------------------------------------------------------
+
+
+def save_checkpoint(work: Path) -> Any:
+    """A ``save(model, step)`` that logs the model as ``checkpoints/step_<n>.zip``."""
+
+    def save(model: BaseAlgorithm, step: int) -> None:
+        path = work / Path(tracking.checkpoint_name(step)).name
+        model.save(path)
+        mlflow.log_artifact(str(path), artifact_path=tracking.CHECKPOINT_DIR)
+        path.unlink()
+
+    return save
+
+
+def training_callbacks(config: TrainConfig, work: Path) -> list[BaseCallback]:
+    return [
+        FightMetricsCallback(tracking.log_metrics, config.log_every, config.metrics_window),
+        CheckpointCallback(save_checkpoint(work), config.checkpoint_every),
+        ProgressBarCallback(config.budget.total_timesteps, enabled=interactive()),
+    ]
+
+
+def train(model: BaseAlgorithm, config: TrainConfig, work: Path,
+          extra_callbacks: Sequence[BaseCallback] = ()) -> bool:
+    """Train to the budget; returns False if interrupted (Ctrl-C), after a checkpoint."""
+    model.set_logger(Logger(folder=None, output_formats=[
+        LoggerForwarder(tracking.log_metrics, config.log_every)]))
+    callbacks = [*training_callbacks(config, work), *extra_callbacks]
+    remaining = config.budget.total_timesteps - model.num_timesteps
+    try:
+        if remaining > 0:
+            model.learn(remaining, callback=callbacks, reset_num_timesteps=False,
+                        progress_bar=False)
+    except KeyboardInterrupt:
+        save_checkpoint(work)(model, model.num_timesteps)
+        mlflow.set_tags({"interrupted": "true",
+                         "interrupted_at_step": str(model.num_timesteps)})
+        return False
+    finally:
+        close_all(callbacks)
+    return True
+
+
+# --- evaluation and artifacts -------------------------------------------------------------
+
+
+def evaluate(policy: SB3BossPolicy, game: GameDefinition, config: TrainConfig) -> pd.DataFrame:
+    """The trained boss against every persona: one summary row per persona (x level).
+
+    Fights are at the training level; a boss trained at every level (difficulty=all) is
+    evaluated at each level in turn.
+    """
+    levels = [config.difficulty.level] if config.difficulty.level else list(
+        game.difficulty_levels)
+    rows = []
+    for persona in config.eval.personas:
+        for level in levels:
+            results = play_fights(policy, config.eval.fights, game=game, player=persona,
+                                  difficulty=level, objective=config.objective.name,
+                                  series=config.eval.series, seed=config.seed)
+            summary = summarize_fights(results, game.difficulty_levels[level], game.move_names)
+            rows.append({"boss": policy.name, "persona": persona, "difficulty": level,
+                         **summary.as_row()})
+    return pd.DataFrame(rows)
+
+
+def evaluation_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """``eval/<metric>`` (mean over rows) and ``eval/<persona>[/<level>]/<metric>``."""
+    several_levels = table["difficulty"].nunique() > 1
+    metrics = {f"eval/{m}": float(table[m].mean()) for m in EVAL_METRICS}
+    for row in table.itertuples():
+        group = f"{row.persona}/{row.difficulty}" if several_levels else str(row.persona)
+        metrics.update({f"eval/{group}/{m}": float(getattr(row, m)) for m in EVAL_METRICS})
+    return metrics
+
+
+def save_evaluation(table: pd.DataFrame, out: Path, title: str) -> list[Path]:
+    """The full table as CSV and the readable columns (with the level) as markdown."""
+    csv, md = out / "evaluation.csv", out / "evaluation.md"
+    table.to_csv(csv, index=False)
+    md.write_text(f"# {title}\n\n{markdown_table(readable_evaluation(table))}")
+    return [csv, md]
+
+
+def readable_evaluation(table: pd.DataFrame) -> pd.DataFrame:
+    """The tournament's readable columns, with the difficulty level."""
+    readable = readable_table(table)
+    readable.insert(2, "difficulty", table["difficulty"])
+    return readable
+
+
+def plot_learning_curve(history: dict[str, list[tuple[int, float]]], path: Path,
+                        title: str) -> Path:
+    """One panel per training metric against env steps."""
+    fig, axes = plt.subplots(1, len(history), figsize=(4.2 * len(history), 3.4),
+                             layout="constrained", squeeze=False)
+    for ax, (key, points) in zip(axes[0], history.items(), strict=True):
+        if points:
+            steps, values = zip(*points, strict=True)
+            ax.plot(steps, values, marker="." if len(points) < 30 else None)
+        ax.set_title(key.split("/")[-1].replace("_", " "))
+        ax.set_xlabel("env steps")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_replay(policy: SB3BossPolicy, game: GameDefinition, config: TrainConfig,
+                out: Path) -> Path:
+    """One evaluation fight (first persona, training level) as a self-contained HTML page."""
+    persona = config.eval.personas[0]
+    level = config.difficulty.level or next(iter(game.difficulty_levels))
+    env = gymnasium.make(REPLAY_ENV_ID, game=game, player=persona, difficulty=level,
+                         objective=config.objective.name)
+    moves = game.move_names
+
+    def values(observation: Any, mask: Any) -> dict[str, Any]:
+        row = policy.move_values(observation[None])[0]
+        return {"values": {m: float(v) for m, v in zip(moves, row, strict=True)}}
+
+    try:
+        replay = record_fight(env, policy, seed=config.seed, extras=values)
+    finally:
+        env.close()
+    return replay.save_html(out / f"replay_{persona}.html")
+
+
+def record_setup(cfg: DictConfig, config: TrainConfig, game: GameDefinition,
+                 work: Path) -> None:
+    """Resolved config, flattened params and tags of a new run (a resumed run keeps them)."""
+    path = work / "config.yaml"
+    OmegaConf.save(cfg, path, resolve=True)
+    mlflow.log_artifact(str(path), artifact_path="config")
+    tracking.log_params(tracking.flatten(_plain(cfg)))
+    mlflow.set_tags({"git_commit": tracking.git_commit(Path(__file__).parent),
+                     "game_fingerprint": game.fingerprint(), "game": game.name,
+                     "algo": config.agent.algo, "interrupted": "false"})
+
+
+def record_results(model: BaseAlgorithm, game: GameDefinition, config: TrainConfig,
+                   run_id: str, work: Path) -> pd.DataFrame:
+    """Model, evaluation (table and metrics), learning curve and replay, as artifacts."""
+    model_path = work / "model.zip"
+    model.save(model_path)
+    mlflow.log_artifact(str(model_path), artifact_path="model")
+    policy = SB3BossPolicy(model, name=config.agent.algo)
+    table = evaluate(policy, game, config)
+    title = (f"{config.agent.algo} on {game.name} ({config.objective.name}), "
+             f"{model.num_timesteps} env steps: {config.eval.fights} fights per persona")
+    for path in save_evaluation(table, work, title):
+        mlflow.log_artifact(str(path), artifact_path="evaluation")
+    tracking.log_metrics(evaluation_metrics(table), model.num_timesteps)
+    curve = plot_learning_curve(tracking.metric_history(run_id, list(CURVES)),
+                                work / "learning_curve.png", title.split(":", maxsplit=1)[0])
+    mlflow.log_artifact(str(curve), artifact_path="plots")
+    mlflow.log_artifact(str(save_replay(policy, game, config, work)), artifact_path="replay")
+    return table
+
+
+# --- the entry point ---------------------------------------------------------------------
+
+
+def prepare(cfg: DictConfig, work: Path) -> tuple[DictConfig, TrainConfig, GameDefinition]:
+    """Connect to the tracking store, load a resumed run's config, type and validate it all."""
+    tracking_config = OmegaConf.to_object(OmegaConf.merge(
+        OmegaConf.structured(tracking.TrackingConfig), cfg.tracking))
+    assert isinstance(tracking_config, tracking.TrackingConfig)
+    mlflow.set_tracking_uri(tracking.tracking_uri(tracking_config))
+    if cfg.resume is not None:
+        cfg = resumed_config(cfg, work)
+    config = typed_config(cfg)
+    game = load_game(config.game)
+    load_players(config.player)
+    validate(config, game)
+    if config.resume is None:
+        tracking.connect(tracking_config, config.experiment)
+    return cfg, config, game
+
+
+def run(cfg: DictConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> TrainResult:
+    """Train, evaluate and record one run (or resume one); see the module docstring."""
+    with tempfile.TemporaryDirectory(prefix="bosslab-train-") as tmp:
+        work = Path(tmp)
+        cfg, config, game = prepare(cfg, work)
+        configure_torch(config.torch_threads)
+        with tracking.open_run(config.resume, config.run_name) as active:
+            run_id = active.info.run_id
+            if config.resume is None:
+                record_setup(cfg, config, game, work)
+            model = build_model(config, game, work)
+            if not train(model, config, work, extra_callbacks):
+                tracking.finish("KILLED")
+                return TrainResult(run_id, model.num_timesteps, interrupted=True)
+            table = record_results(model, game, config, run_id, work)
+            mlflow.set_tag("interrupted", "false")
+            eval_md = tracking.artifact_path("evaluation/evaluation.md")
+            tracking.finish()
+    report(run_id, eval_md, table)
+    return TrainResult(run_id, model.num_timesteps, interrupted=False, evaluation=table)
+
+
+def report(run_id: str, eval_md: str, table: pd.DataFrame) -> None:
+    """Print the evaluation and where to look."""
+    uri = mlflow.get_tracking_uri()
+    with pd.option_context("display.width", 200, "display.max_columns", None):
+        print(readable_evaluation(table).to_string(index=False))
+    browse = (f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http")
+              else f"open {uri}")
+    print(f"\nRun {run_id} finished.\n  Evaluation table: {eval_md}\n  Browse the runs: {browse}")
+
+
+def interrupted_message(result: TrainResult) -> str:
+    return (f"\nInterrupted at {result.steps} env steps: checkpoint saved in run "
+            f"{result.run_id} (status KILLED, tag interrupted=true).\n"
+            f"  Continue it: python -m experiments.train resume={result.run_id}")
+
+
+@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    result = run(cfg)
+    if result.interrupted:
+        print(interrupted_message(result))
+        raise SystemExit(130)
+
+
+if __name__ == "__main__":
+    main()
