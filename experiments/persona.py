@@ -41,6 +41,7 @@ from experiments.tournament import (
     game_from_config,
     hydra_output_dir,
     names,
+    win_rates_with_ci,
 )
 
 matplotlib.use("Agg")  # files only, no display; chosen before pyplot is imported
@@ -141,9 +142,7 @@ def readable_report(table: pd.DataFrame) -> pd.DataFrame:
     """The report's columns, formatted for people."""
     return pd.DataFrame({
         "boss": table["boss"],
-        "player win rate [95% CI]": [
-            f"{r.player_win_rate:.2f} [{r.win_rate_low:.2f}, {r.win_rate_high:.2f}]"
-            for r in table.itertuples()],
+        "player win rate [95% CI]": win_rates_with_ci(table),
         "duration s": table["mean_duration"].round(1),
         "HP margin": table["mean_hp_margin"].round(2),
         "engagement": table["engagement_score"].round(2),

@@ -134,10 +134,15 @@ def run_tournament(game: Any, bosses: Sequence[str], personas: Sequence[str], fi
                                         difficulty=difficulty, seed=seed, progress=progress))
 
 
+def win_rates_with_ci(table: pd.DataFrame) -> list[str]:
+    """Each row's player win rate with its 95% interval, e.g. ``0.50 [0.38, 0.62]``."""
+    return [f"{r.player_win_rate:.2f} [{r.win_rate_low:.2f}, {r.win_rate_high:.2f}]"
+            for r in table.itertuples()]
+
+
 def readable_table(table: pd.DataFrame) -> pd.DataFrame:
     """The columns a designer reads first, formatted, one row per boss x persona."""
-    ci = [f"{r.player_win_rate:.2f} [{r.win_rate_low:.2f}, {r.win_rate_high:.2f}]"
-          for r in table.itertuples()]
+    ci = win_rates_with_ci(table)
     return pd.DataFrame({
         "boss": table["boss"], "persona": table["persona"],
         "player win rate [95% CI]": ci,

@@ -287,9 +287,9 @@ def test_maskable_ppo_learns_on_it_and_plays_legal_moves() -> None:
     assert model.num_timesteps == 256
     obs = env.reset()
     for _ in range(30):
-        masks = env.action_masks()
-        actions, _ = model.predict(obs, action_masks=masks)
-        assert masks[np.arange(16), actions].all(), "MaskablePPO chose an illegal move"
+        actions, _ = model.predict(obs, action_masks=get_action_masks(env))
+        legal = env.vector_env.action_masks()
+        assert legal[np.arange(16), actions].all(), "MaskablePPO chose an illegal move"
         obs, *_ = env.step(actions)
 
 
@@ -324,7 +324,15 @@ def test_vec_monitor_wraps_it_and_overwrites_the_built_in_stats() -> None:
 def test_evaluate_policy_counts_whole_fights() -> None:
     env = BossFightVecEnv(4, seed=19, game=short_duel(10.0))
     model = PPO("MlpPolicy", env, n_steps=16, batch_size=64, seed=19)
-    rewards, lengths = evaluate_policy(model, env, n_eval_episodes=8,
+    calls = 0
+
+    def bounded(_locals: dict[str, Any], _globals: dict[str, Any]) -> None:
+        # evaluate_policy waits for info["episode"] (we say Monitor): never hang without it.
+        nonlocal calls
+        calls += 1
+        assert calls < 4 * 1000, "evaluate_policy saw no episode ends"
+
+    rewards, lengths = evaluate_policy(model, env, n_eval_episodes=8, callback=bounded,
                                        return_episode_rewards=True)
     assert isinstance(rewards, list) and isinstance(lengths, list)
     assert len(rewards) == len(lengths) == 8
