@@ -41,6 +41,7 @@ from experiments.tournament import (
     game_from_config,
     hydra_output_dir,
     names,
+    one_level,
     win_rates_with_ci,
 )
 
@@ -72,7 +73,7 @@ class PersonaSettings:
     @classmethod
     def from_config(cls, cfg: DictConfig) -> PersonaSettings:
         return cls(bosses=names(cfg.bosses), fights=int(cfg.fights), series=int(cfg.series),
-                   difficulty=str(cfg.difficulty.level), seed=int(cfg.seed),
+                   difficulty=one_level(cfg), seed=int(cfg.seed),
                    replay_boss=str(cfg.replay_boss))
 
     def validate(self, game: GameDefinition) -> None:

@@ -64,7 +64,7 @@ class TournamentSettings:
     def from_config(cls, cfg: DictConfig) -> TournamentSettings:
         return cls(bosses=names(cfg.bosses), personas=names(cfg.personas),
                    fights=int(cfg.fights), series=int(cfg.series),
-                   difficulty=str(cfg.difficulty.level), seed=int(cfg.seed))
+                   difficulty=one_level(cfg), seed=int(cfg.seed))
 
     def validate(self, game: GameDefinition) -> None:
         """Raise ValueError naming the allowed values for anything the game cannot play."""
@@ -132,6 +132,16 @@ def run_tournament(game: Any, bosses: Sequence[str], personas: Sequence[str], fi
     """
     return pd.DataFrame(tournament_rows(game, bosses, personas, fights, series=series,
                                         difficulty=difficulty, seed=seed, progress=progress))
+
+
+def one_level(cfg: DictConfig) -> str:
+    """The difficulty level the fights are scored against (``difficulty=all`` has none)."""
+    level = cfg.difficulty.level
+    if level is None:
+        raise ValueError("these fights are scored against one level's targets, and "
+                         "difficulty=all draws a level per fight: pick one, e.g. "
+                         "difficulty=normal.")
+    return str(level)
 
 
 def win_rates_with_ci(table: pd.DataFrame) -> list[str]:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from envs.engagement import summarize_fights, wilson_interval, win_rate_score
 from envs.fights import FightResult
@@ -22,6 +23,7 @@ from experiments.tournament import (
     TournamentSettings,
     game_from_config,
     markdown_table,
+    one_level,
     readable_table,
     run_tournament,
 )
@@ -198,3 +200,10 @@ def test_tournament_entry_point_writes_its_files(tmp_path: Path) -> None:
     assert (run_dir / "tournament.png").stat().st_size > 10_000
     assert (run_dir / "tournament.md").read_text().count("\n| ") == 6 + 1
     assert str(run_dir / "tournament.png") in done.stdout
+
+
+def test_a_tournament_needs_one_difficulty_level() -> None:
+    cfg = OmegaConf.create({"difficulty": {"level": None}})
+    with pytest.raises(ValueError, match="difficulty=normal"):
+        one_level(cfg)
+    assert one_level(OmegaConf.create({"difficulty": {"level": "hard"}})) == "hard"
