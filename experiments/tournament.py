@@ -185,7 +185,7 @@ def plot_heatmaps(table: pd.DataFrame, path: Path, title: str) -> Path:
     personas = list(dict.fromkeys(table["persona"]))
     target = float(table["target_win_rate"].iloc[0])
     tolerance = float(table["win_rate_tolerance"].iloc[0])
-    width = 2.0 + 2.4 * len(personas)
+    width = max(9.0, 2.0 + 2.4 * len(personas))  # room for both panel titles
     fig, axes = plt.subplots(1, 2, figsize=(width, 1.6 + 0.75 * len(bosses)), squeeze=False,
                              layout="constrained")
     engagement = _grid(table, "engagement_score", bosses, personas)
