@@ -54,6 +54,13 @@ class AgentConfig:
     """Train with the env's action masks (only maskable_ppo can)."""
     device: str = "cpu"
     """Torch device of the networks."""
+    num_envs: int = 8
+    """Fights stepped side by side by the batched simulator (the top-level num_envs overrides
+    it): PPO's recipe is many envs and short rollouts, DQN's a few envs."""
+    default_timesteps: int = 1_000_000
+    """Env steps of budget=default for this agent: a few minutes on 2 CPU cores."""
+    long_timesteps: int = 5_000_000
+    """Env steps of budget=long for this agent."""
     policy_kwargs: PolicyKwargs = field(default_factory=PolicyKwargs)
     """The network (SB3's policy_kwargs)."""
 
@@ -84,7 +91,8 @@ class AgentConfig:
 
     def hyperparameters(self) -> dict[str, Any]:
         """The algorithm's constructor arguments (SB3 names), without policy and network."""
-        skip = {"algo", "policy", "use_masking", "device", "policy_kwargs"}
+        skip = {"algo", "policy", "use_masking", "device", "num_envs", "default_timesteps",
+                "long_timesteps", "policy_kwargs"}
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
 

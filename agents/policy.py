@@ -1,8 +1,12 @@
 """A trained Stable-Baselines3 agent as a :class:`envs.bosses.BossPolicy`.
 
-The boss plays deterministically: per env, the legal move with the highest action probability
-(PPO, A2C, MaskablePPO) or Q-value (DQN). Illegal moves are masked out before the argmax, so
-the boss never picks one, whatever the network learnt.
+An actor-critic boss (PPO, A2C, MaskablePPO) plays the way it was trained: it draws each move
+from its action probabilities renormalized over the legal moves, from its own seeded generator
+(same seed, same fights). ``deterministic=True`` plays the most probable legal move instead;
+a DQN boss always plays its highest-valued legal move. Illegal moves are masked out first, so
+the boss never picks one, whatever the network learnt. Deterministic play is not what the
+policy was optimized for: a boss that mixes moves to keep a fight close turns into one that
+always blocks, and an adaptive player learns its fixed pattern.
 
 >>> boss = load_policy("model.zip")
 >>> moves = boss.select_moves(observations, action_masks)
@@ -20,21 +24,24 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.dqn.policies import DQNPolicy
 
 from agents.factory import load_agent
-from envs.bosses import masked_argmax
+from envs.bosses import masked_argmax, masked_sample
 
 ACTOR_CRITICS = ActorCriticPolicy | MaskableActorCriticPolicy
 """Policies whose action probabilities rank the moves (PPO, A2C; MaskablePPO)."""
 
 
 class SB3BossPolicy:
-    """Batched, deterministic, masked move choice of an SB3 model (PPO, A2C, MaskablePPO, DQN)."""
+    """Batched, masked move choice of an SB3 model (PPO, A2C, MaskablePPO, DQN)."""
 
-    def __init__(self, model: BaseAlgorithm, name: str) -> None:
+    def __init__(self, model: BaseAlgorithm, name: str, *, deterministic: bool = False,
+                 seed: int = 0) -> None:
         if not isinstance(model.policy, ACTOR_CRITICS | DQNPolicy):
             raise TypeError(f"SB3BossPolicy needs an actor-critic (PPO, A2C, MaskablePPO) or "
                             f"DQN model, got a {type(model.policy).__name__} policy.")
         self.model = model
         self.name = name
+        self.deterministic = deterministic or isinstance(model.policy, DQNPolicy)
+        self.rng = np.random.default_rng(seed)
 
     def move_values(self, observations: np.ndarray) -> np.ndarray:
         """(n, moves): action probabilities (actor-critic) or Q-values (DQN), unmasked."""
@@ -52,10 +59,15 @@ class SB3BossPolicy:
         return values.cpu().numpy().astype(np.float64)
 
     def select_moves(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
-        """Per env, the legal move the model values most, as (n,) int64."""
-        return masked_argmax(self.move_values(observations), action_masks)
+        """Per env, a legal move (drawn, or the most valued one), as (n,) int64."""
+        values = self.move_values(observations)
+        if self.deterministic:
+            return masked_argmax(values, action_masks)
+        return masked_sample(values, action_masks, self.rng)
 
 
-def load_policy(path: str | Path, name: str | None = None) -> SB3BossPolicy:
+def load_policy(path: str | Path, name: str | None = None, *, deterministic: bool = False,
+                seed: int = 0) -> SB3BossPolicy:
     """A saved model (``model.save``) as a boss policy, named after the file by default."""
-    return SB3BossPolicy(load_agent(path), name or Path(path).stem)
+    return SB3BossPolicy(load_agent(path), name or Path(path).stem,
+                         deterministic=deterministic, seed=seed)

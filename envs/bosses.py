@@ -61,6 +61,24 @@ def masked_argmax(scores: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
     return np.where(masks, scores, -np.inf).argmax(axis=1).astype(np.int64)
 
 
+def masked_sample(probabilities: np.ndarray, action_masks: np.ndarray,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Per row, a legal move drawn with ``probabilities`` renormalized over the legal moves (the
+    most likely legal move where every legal probability is 0), as int64."""
+    legal_first = masked_argmax(probabilities, action_masks)  # also checks the masks
+    weights = np.where(np.asarray(action_masks, dtype=bool), probabilities, 0.0)
+    totals = weights.sum(axis=1, keepdims=True)
+    cumulative = np.cumsum(weights, axis=1)
+    draws = rng.random((weights.shape[0], 1)) * totals
+    chosen = (cumulative <= draws).sum(axis=1)
+    # A draw can only fall past the last legal move through rounding, or when every legal
+    # probability is 0: then the most likely legal move is the answer.
+    bad = (chosen >= weights.shape[1]) | (totals[:, 0] <= 0.0)
+    chosen = np.minimum(chosen, weights.shape[1] - 1)
+    bad |= ~np.take_along_axis(np.asarray(action_masks, dtype=bool), chosen[:, None], 1)[:, 0]
+    return np.where(bad, legal_first, chosen).astype(np.int64)
+
+
 class RandomBoss:
     """Uniform over the legal moves, from its own seeded generator."""
 

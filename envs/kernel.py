@@ -365,6 +365,13 @@ def step(  # noqa: PLR0915
                       duration)
 
 
+STEER_WEIGHT = 8.0
+"""Weight of the engagement reward's win-rate steering. For a player who wins with probability
+p, its expected value is about -STEER_WEIGHT * (p - target)**2: small near the band's edges
+(p = target + 0.1 costs 0.08), so the weight is large next to the close and duration terms
+(each at most 0.5), or the boss settles for long close fights the player mostly wins."""
+
+
 def engagement_reward(o: Ops, t: GameTables, level: Any, fights: Any, history: Any,
                       seconds: Any, player_won: Any, margin: Any) -> Any:
     """At a fight's end: close margin + duration in band + steering the win rate to target.
@@ -376,7 +383,7 @@ def engagement_reward(o: Ops, t: GameTables, level: Any, fights: Any, history: A
     played = o.minimum(fights, float(RECENT_FIGHTS))
     recent_wins = o.popcount(history & WIN_BITS) / o.maximum(played, 1.0)
     recent = o.where(played > 0, recent_wins, target)
-    steer = (player_won - target) * (target - recent) * 4.0
+    steer = (player_won - target) * (target - recent) * STEER_WEIGHT
     close = 1.0 - o.clip((o.abs(margin) - band) * inverse_span, 0.0, 1.0)
     # Duration: 1 inside [low, high], falling linearly to 0 half a band width outside.
     outside = o.maximum(low - seconds, 0.0) + o.maximum(seconds - high, 0.0)

@@ -1,12 +1,13 @@
 """PPO training speed: the batched ``BossFightVecEnv`` against SB3's ``DummyVecEnv``, side by side.
 
-    python -m experiments.benchmark_training [--n-envs 512] [--n-steps 16] [--batch-size 4096]
-        [--n-epochs 10] [--torch-threads N] [--rounds 5] [--iterations 2] [--game duel]
+    python -m experiments.benchmark_training [--n-envs N] [--n-steps N] [--batch-size N]
+        [--n-epochs N] [--torch-threads N] [--rounds 5] [--iterations 2] [--game duel]
 
-Both sides train the same PPO (``"MlpPolicy"``, SB3's default 64x64 networks, the same
-hyperparameters and seed) with torch's default threads, which SB3 leaves alone (2 on a 2-core
-machine): one on ``agents.vec_env.BossFightVecEnv`` (one numpy kernel call steps every fight),
-one on ``DummyVecEnv([lambda: gymnasium.make("bosslab/BossFight-v0")] * n_envs)`` (one Python
+Both sides train the same PPO, by default the lab's own (``configs/agent/ppo.yaml`` with
+``configs/train.yaml``: 1,024 envs x 16 steps, 4,096-sample minibatches, 4 epochs, SB3's
+default 64x64 networks, 1 torch thread, the same seed); the flags override any of it. One side
+runs on ``agents.vec_env.BossFightVecEnv`` (one numpy kernel call steps every fight), the other
+on ``DummyVecEnv([lambda: gymnasium.make("bosslab/BossFight-v0")] * n_envs)`` (one Python
 ``step`` per fight). Each side first learns one PPO iteration as a warm-up (torch's first-call
 costs, buffer allocation), then ``model.learn(total_timesteps=...)`` is timed for
 ``--iterations`` PPO iterations; the sides alternate for ``--rounds`` rounds and the table
@@ -16,21 +17,20 @@ goes. The updates cost the same on both sides, so they bound the ratio: the scri
 ceiling too. Env-only steps/s with random actions, no policy at all, are measured the same
 way for context.
 
-Why these settings (the same for both sides; SB3's defaults otherwise, n_epochs=10 included):
+Why the lab's PPO recipe looks the way it does (``configs/agent/ppo.yaml``):
 
-- ``n_envs=512``: SB3's rollout loop costs about the same per batched step (the policy's
-  forward pass, the rollout buffer, callbacks: ~1-2 ms) whether it steps 16 or 512 envs, and so
-  does one kernel call; 512 envs spread both over many env-steps (our rollout: ~18 µs per
-  env-step at 64 envs, ~6 at 256, ~4 at 512). ``DummyVecEnv`` gains nothing from more envs.
-- ``n_steps=16``: 512 x 16 = 8,192 samples per PPO iteration (SB3's default with one env:
-  2,048), collected in 16 batched steps, the massively parallel recipe (thousands of envs, short
-  horizons; Rudin et al. 2021). Duel fights last ~20-45 decisions (random boss), so GAE
-  bootstraps from the value at the cut, as SB3's own defaults do on long episodes.
-- ``batch_size=4096``: PPO's 10 epochs of updates cost the same on both sides and, with SB3's
-  default 64-sample minibatches, ~300 µs per env-step (measured: ~3,000 env-steps/s on either
-  side, whatever the env). Two 4,096-sample minibatches per epoch (20 gradient steps per
-  iteration) amortize that overhead while the update stays a minibatch one; the full batch
-  (``--batch-size 8192``) is faster still but leaves 10 gradient steps per iteration.
+- Many envs: SB3's rollout loop costs about the same per batched step (the policy's forward
+  pass, the rollout buffer, callbacks: ~1-2 ms) whether it steps 16 or 1,024 envs, and so does
+  one kernel call; 1,024 envs spread both over many env-steps (our rollout: ~18 µs per env-step
+  at 64 envs, ~5 at 256, ~2-3 at 1,024). ``DummyVecEnv`` gains nothing from more envs.
+- Short rollouts: 1,024 x 16 = 16,384 samples per PPO iteration, collected in 16 batched steps,
+  the massively parallel recipe (thousands of envs, short horizons; Rudin et al. 2021). Fights
+  last ~20-100 decisions, so GAE bootstraps from the value at the cut.
+- Large minibatches, few epochs: the updates cost the same on both sides and, with SB3's
+  default 64-sample minibatches and 10 epochs, ~300 µs per env-step (~3,000 env-steps/s on
+  either side, whatever the env). Four epochs of 4,096-sample minibatches (16 gradient steps
+  per iteration) cost ~4 µs per env-step; the trained boss meets the quality bar with them
+  (``experiments.benchmark_quality``).
 """
 
 from __future__ import annotations
@@ -40,16 +40,22 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
 import torch
+from hydra import compose, initialize_config_dir
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 import envs
+from agents.config import PPOConfig
 from agents.vec_env import BossFightVecEnv
+from experiments import train
+
+CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
 
 TARGET_RATIO = 5.0
 TARGET_STEPS = 10_000
@@ -136,14 +142,25 @@ def paired_rounds(rounds: int, ours: Callable[[], Rate],
                                        / best_reference.steps_per_second)
 
 
+def lab_defaults() -> dict[str, int]:
+    """The lab's default PPO settings: ``python -m experiments.train``'s, composed by Hydra."""
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        config = train.typed_config(compose("train"))
+    agent = config.agent
+    assert isinstance(agent, PPOConfig)
+    return {"n_envs": train.num_envs(config), "n_steps": agent.n_steps,
+            "batch_size": agent.batch_size, "n_epochs": agent.n_epochs,
+            "torch_threads": config.torch_threads}
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--n-envs", type=int, default=512)
-    parser.add_argument("--n-steps", type=int, default=16, help="PPO rollout steps per env")
-    parser.add_argument("--batch-size", type=int, default=4096, help="PPO minibatch size")
-    parser.add_argument("--n-epochs", type=int, default=10, help="PPO epochs (SB3's default)")
-    parser.add_argument("--torch-threads", type=int, default=None,
-                        help="torch threads (default: torch's own, which SB3 keeps)")
+    parser.add_argument("--n-envs", type=int)
+    parser.add_argument("--n-steps", type=int, help="PPO rollout steps per env")
+    parser.add_argument("--batch-size", type=int, help="PPO minibatch size")
+    parser.add_argument("--n-epochs", type=int, help="PPO epochs")
+    parser.add_argument("--torch-threads", type=int, help="torch CPU threads")
+    parser.set_defaults(**lab_defaults())
     parser.add_argument("--rounds", type=int, default=5, help="paired rounds (best of)")
     parser.add_argument("--iterations", type=int, default=2,
                         help="PPO iterations per timed learn()")
@@ -152,8 +169,7 @@ def parse_args() -> argparse.Namespace:
     envs.load_game(args.game)  # fail early on a bad name
     if (args.n_envs * args.n_steps) % args.batch_size:
         parser.error("--batch-size must divide n_envs * n_steps (as PPO recommends).")
-    if args.torch_threads is not None:
-        torch.set_num_threads(args.torch_threads)
+    torch.set_num_threads(args.torch_threads)
     return args
 
 

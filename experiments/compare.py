@@ -5,7 +5,7 @@
     python -m experiments.compare bosses=[reactive,models:/boss-duel@champion]
 
 Each boss is named as in ``experiments.evaluate`` (``boss=``) and evaluated with
-:func:`experiments.evaluate.evaluate_boss` against the same personas, seeds and difficulty level.
+:func:`experiments.evaluation.evaluate_boss` against the same personas, seeds and difficulty level.
 Runs play the game from their logged config; scripted bosses play the first run's game (or the
 Hydra group ``game`` when there is no run). Every boss must play the same game (by name and
 moves); a differing definition (fingerprint) only warns.
@@ -33,15 +33,8 @@ from agents.config import DifficultyConfig
 from envs.bosses import SCRIPTED_BOSSES
 from envs.game import GameDefinition
 from experiments import tracking
-from experiments.evaluate import (
-    TELEGRAPH_SECONDS,
-    LoadedBoss,
-    check_settings,
-    check_spec,
-    connect,
-    evaluate_boss,
-    load_boss,
-)
+from experiments.evaluate import LoadedBoss, check_spec, connect, load_boss
+from experiments.evaluation import PERSONAS, TELEGRAPH_SECONDS, check_settings, evaluate_boss
 from experiments.tournament import (
     game_from_config,
     hydra_output_dir,
@@ -50,7 +43,6 @@ from experiments.tournament import (
     plot_heatmaps,
     win_rates_with_ci,
 )
-from experiments.train import PERSONAS
 
 OUTPUT_STEM = "compare"
 

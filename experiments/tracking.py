@@ -77,15 +77,17 @@ def existing_run(run_id: str) -> Run:
 
 
 @contextmanager
-def open_run(resume: str | None, run_name: str | None = None) -> Iterator[Run]:
-    """Start a run, or reopen ``resume`` (same run id). The caller ends it (see finish).
+def open_run(resume: str | None, run_name: str | None = None,
+             parent_run_id: str | None = None) -> Iterator[Run]:
+    """Start a run (a child of ``parent_run_id``, if given), or reopen ``resume`` (same run
+    id). The caller ends it (see finish).
 
     An error ends the run as FAILED, a KeyboardInterrupt (outside training) as KILLED.
     """
     if resume is not None:
         run = mlflow.start_run(run_id=resume)
     else:
-        run = mlflow.start_run(run_name=run_name)
+        run = mlflow.start_run(run_name=run_name, parent_run_id=parent_run_id)
     try:
         yield run
     except BaseException as error:

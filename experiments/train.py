@@ -68,23 +68,28 @@ from agents.factory import load_agent, make_agent
 from agents.policy import SB3BossPolicy
 from agents.vec_env import BossFightVecEnv
 from envs.boss_fight import OBJECTIVES
-from envs.engagement import summarize_fights
-from envs.fights import play_fights
 from envs.game import GameDefinition, load_game
 from envs.persona import available_players, load_players
 from envs.replay import record_fight
-from experiments import tracking
-from experiments.tournament import check_choices, interactive, markdown_table, readable_table
+from experiments import sweep, tracking
+from experiments.evaluation import (
+    PERSONAS,
+    evaluate_boss,
+    evaluation_metrics,
+    readable_evaluation,
+    save_evaluation,
+)
+from experiments.tournament import check_choices, interactive
 
 matplotlib.use("Agg")  # files only, no display; chosen before pyplot is imported
 import matplotlib.pyplot as plt
 
 REPLAY_ENV_ID = "bosslab/BossFight-v0"
-PERSONAS = ["novice", "button_masher", "turtle", "dodger", "rusher", "adaptive_expert"]
+OBJECTIVE_SCORES = {"engagement": "engagement_score", "defeat": "boss_win_rate"}
+"""The evaluation column each objective is scored by (mean over personas): the run's
+``score`` metric and what ``main`` returns to a sweeper."""
 CURVES = ("fights/episode_return", "fights/engagement_score", "fights/player_win_rate",
           "fights/duration_seconds")
-EVAL_METRICS = ("engagement_score", "player_win_rate", "mean_duration", "mean_hp_margin",
-                "close_share", "duration_share", "timeout_rate")
 
 
 @dataclass
@@ -119,8 +124,8 @@ class TrainConfig:
     """Where MLflow records the run (group ``tracking``)."""
     seed: int = 0
     """Seeds envs, agent and evaluation: same config and seed, same evaluation table."""
-    num_envs: int = 8
-    """Fights stepped side by side while training."""
+    num_envs: int | None = None
+    """Fights stepped side by side while training; null: the agent's own (agent.num_envs)."""
     fights_per_player: int = 10
     """Fights in one synthetic player's series while training."""
     torch_threads: int = 1
@@ -131,9 +136,9 @@ class TrainConfig:
     """MLflow run name (null: MLflow picks one)."""
     resume: str | None = None
     """Id of an interrupted run to continue, or null."""
-    checkpoint_every: int = 100_000
+    checkpoint_every: int = 5_000_000
     """Env steps between checkpoints."""
-    log_every: int = 10_000
+    log_every: int = 250_000
     """Env steps between training metric logs."""
     metrics_window: int = 200
     """Recent fights the training metrics are computed over."""
@@ -162,6 +167,8 @@ class TrainResult:
     interrupted: bool
     evaluation: pd.DataFrame | None = None
     """One row per persona (x level); None when interrupted."""
+    score: float | None = None
+    """The objective's score (see objective_score); None when interrupted."""
 
 
 # --- config ------------------------------------------------------------------------------
@@ -177,11 +184,17 @@ def typed_config(cfg: DictConfig) -> TrainConfig:
     return config
 
 
+def num_envs(config: TrainConfig) -> int:
+    """The fights stepped side by side: ``num_envs`` if set, else the agent's own."""
+    return config.agent.num_envs if config.num_envs is None else config.num_envs
+
+
 def validate(config: TrainConfig, game: GameDefinition) -> None:
     """Check everything a schema cannot, before any compute (ValueError with the fix)."""
     config.agent.validate()
     config.budget.validate()
-    counts = {"num_envs": config.num_envs, "checkpoint_every": config.checkpoint_every,
+    envs_key = "agent.num_envs" if config.num_envs is None else "num_envs"
+    counts = {envs_key: num_envs(config), "checkpoint_every": config.checkpoint_every,
               "log_every": config.log_every, "metrics_window": config.metrics_window,
               "fights_per_player": config.fights_per_player,
               "torch_threads": config.torch_threads, "eval.fights": config.eval.fights,
@@ -200,12 +213,12 @@ def validate(config: TrainConfig, game: GameDefinition) -> None:
 
 def _validate_agent_budget(config: TrainConfig) -> None:
     """Cross-field rules between the agent, num_envs and the budget."""
-    agent = config.agent
-    if isinstance(agent, PPOConfig) and agent.batch_size > agent.n_steps * config.num_envs:
+    agent, envs = config.agent, num_envs(config)
+    if isinstance(agent, PPOConfig) and agent.batch_size > agent.n_steps * envs:
         raise ValueError(
             f"agent.batch_size={agent.batch_size} is larger than one rollout (agent.n_steps x "
-            f"num_envs = {agent.n_steps} x {config.num_envs} = {agent.n_steps * config.num_envs}"
-            f"): lower agent.batch_size or raise agent.n_steps or num_envs.")
+            f"num_envs = {agent.n_steps} x {envs} = {agent.n_steps * envs}): lower "
+            f"agent.batch_size or raise agent.n_steps or num_envs.")
     starts = getattr(agent, "learning_starts", 0)
     if starts >= config.budget.total_timesteps:
         raise ValueError(
@@ -261,7 +274,7 @@ def env_kwargs(config: TrainConfig, game: GameDefinition) -> dict[str, Any]:
 
 def make_env(config: TrainConfig, game: GameDefinition, seed: int) -> BossFightVecEnv:
     """The batched training envs, seeded."""
-    return BossFightVecEnv(config.num_envs, seed=seed, **env_kwargs(config, game))
+    return BossFightVecEnv(num_envs(config), seed=seed, **env_kwargs(config, game))
 
 
 def build_model(config: TrainConfig, game: GameDefinition, work: Path) -> BaseAlgorithm:
@@ -322,48 +335,14 @@ def train(model: BaseAlgorithm, config: TrainConfig, work: Path,
 
 
 def evaluate(policy: SB3BossPolicy, game: GameDefinition, config: TrainConfig) -> pd.DataFrame:
-    """The trained boss against every persona: one summary row per persona (x level).
+    """The trained boss against every persona: one row per persona (x level).
 
     Fights are at the training level; a boss trained at every level (difficulty=all) is
-    evaluated at each level in turn.
+    evaluated at each level in turn. See :func:`experiments.evaluation.evaluate_boss`.
     """
-    levels = [config.difficulty.level] if config.difficulty.level else list(
-        game.difficulty_levels)
-    rows = []
-    for persona in config.eval.personas:
-        for level in levels:
-            results = play_fights(policy, config.eval.fights, game=game, player=persona,
-                                  difficulty=level, objective=config.objective.name,
-                                  series=config.eval.series, seed=config.seed)
-            summary = summarize_fights(results, game.difficulty_levels[level], game.move_names)
-            rows.append({"boss": policy.name, "persona": persona, "difficulty": level,
-                         **summary.as_row()})
-    return pd.DataFrame(rows)
-
-
-def evaluation_metrics(table: pd.DataFrame) -> dict[str, float]:
-    """``eval/<metric>`` (mean over rows) and ``eval/<persona>[/<level>]/<metric>``."""
-    several_levels = table["difficulty"].nunique() > 1
-    metrics = {f"eval/{m}": float(table[m].mean()) for m in EVAL_METRICS}
-    for row in table.itertuples():
-        group = f"{row.persona}/{row.difficulty}" if several_levels else str(row.persona)
-        metrics.update({f"eval/{group}/{m}": float(getattr(row, m)) for m in EVAL_METRICS})
-    return metrics
-
-
-def save_evaluation(table: pd.DataFrame, out: Path, title: str) -> list[Path]:
-    """The full table as CSV and the readable columns (with the level) as markdown."""
-    csv, md = out / "evaluation.csv", out / "evaluation.md"
-    table.to_csv(csv, index=False)
-    md.write_text(f"# {title}\n\n{markdown_table(readable_evaluation(table))}")
-    return [csv, md]
-
-
-def readable_evaluation(table: pd.DataFrame) -> pd.DataFrame:
-    """The tournament's readable columns, with the difficulty level."""
-    readable = readable_table(table)
-    readable.insert(2, "difficulty", table["difficulty"])
-    return readable
+    return evaluate_boss(policy, game, config.eval.personas, config.eval.fights,
+                         series=config.eval.series, difficulty=config.difficulty.level,
+                         seed=config.seed)
 
 
 def plot_learning_curve(history: dict[str, list[tuple[int, float]]], path: Path,
@@ -422,13 +401,13 @@ def record_results(model: BaseAlgorithm, game: GameDefinition, config: TrainConf
     model_path = work / "model.zip"
     model.save(model_path)
     mlflow.log_artifact(str(model_path), artifact_path="model")
-    policy = SB3BossPolicy(model, name=config.agent.algo)
+    policy = SB3BossPolicy(model, name=config.agent.algo, seed=config.seed)
     table = evaluate(policy, game, config)
     title = (f"{config.agent.algo} on {game.name} ({config.objective.name}), "
              f"{model.num_timesteps} env steps: {config.eval.fights} fights per persona")
-    for path in save_evaluation(table, work, title):
+    for path in save_evaluation(table, work, "evaluation", title):
         mlflow.log_artifact(str(path), artifact_path="evaluation")
-    tracking.log_metrics(evaluation_metrics(table), model.num_timesteps)
+    tracking.log_metrics(evaluation_metrics(table, "eval"), model.num_timesteps)
     curve = plot_learning_curve(tracking.metric_history(run_id, list(CURVES)),
                                 work / "learning_curve.png", title.split(":", maxsplit=1)[0])
     mlflow.log_artifact(str(curve), artifact_path="plots")
@@ -462,7 +441,9 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> TrainR
         work = Path(tmp)
         cfg, config, game = prepare(cfg, work)
         configure_torch(config.torch_threads)
-        with tracking.open_run(config.resume, config.run_name) as active:
+        parent = None if config.resume else sweep.parent_run_id(config.experiment)
+        name = config.run_name or sweep.job_run_name()
+        with tracking.open_run(config.resume, name, parent) as active:
             run_id = active.info.run_id
             if config.resume is None:
                 record_setup(cfg, config, game, work)
@@ -471,21 +452,30 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> TrainR
                 tracking.finish("KILLED")
                 return TrainResult(run_id, model.num_timesteps, interrupted=True)
             table = record_results(model, game, config, run_id, work)
+            score = objective_score(table, config.objective.name)
+            tracking.log_metrics({sweep.SCORE_METRIC: score}, model.num_timesteps)
             mlflow.set_tag("interrupted", "false")
             eval_md = tracking.artifact_path("evaluation/evaluation.md")
             tracking.finish()
-    report(run_id, eval_md, table)
-    return TrainResult(run_id, model.num_timesteps, interrupted=False, evaluation=table)
+    report(run_id, eval_md, table, score)
+    return TrainResult(run_id, model.num_timesteps, interrupted=False, evaluation=table,
+                       score=score)
 
 
-def report(run_id: str, eval_md: str, table: pd.DataFrame) -> None:
+def objective_score(table: pd.DataFrame, objective: str) -> float:
+    """What a sweep maximizes: the evaluation's mean of the objective's score column."""
+    return float(table[OBJECTIVE_SCORES[objective]].mean())
+
+
+def report(run_id: str, eval_md: str, table: pd.DataFrame, score: float) -> None:
     """Print the evaluation and where to look."""
     uri = mlflow.get_tracking_uri()
     with pd.option_context("display.width", 200, "display.max_columns", None):
         print(readable_evaluation(table).to_string(index=False))
     browse = (f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http")
               else f"open {uri}")
-    print(f"\nRun {run_id} finished.\n  Evaluation table: {eval_md}\n  Browse the runs: {browse}")
+    print(f"\nRun {run_id} finished: score {score:.3f}.\n  Evaluation table: {eval_md}\n"
+          f"  Browse the runs: {browse}")
 
 
 def interrupted_message(result: TrainResult) -> str:
@@ -495,12 +485,18 @@ def interrupted_message(result: TrainResult) -> str:
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float:
+    """One run; returns its score, which Hydra's Optuna sweeper maximizes (search=...)."""
     result = run(cfg)
-    if result.interrupted:
+    if result.interrupted or result.score is None:
         print(interrupted_message(result))
         raise SystemExit(130)
+    return result.score
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable module's main, not this __main__ copy: sweep workers (joblib, Ray)
+    # unpickle the task and its config classes by module name.
+    from experiments import train as importable  # noqa: PLW0406
+
+    importable.main()

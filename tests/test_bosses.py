@@ -12,6 +12,7 @@ from envs.bosses import (
     RotationBoss,
     make_boss,
     masked_argmax,
+    masked_sample,
 )
 from envs.fights import FightResult, play_fights
 from envs.game import GameDefinition, load_game
@@ -82,6 +83,23 @@ def test_masked_argmax_refuses_a_row_without_legal_moves() -> None:
     masks = np.array([[True, False], [False, False]])
     with pytest.raises(ValueError, match=r"rows \[1\]"):
         masked_argmax(np.zeros((2, 2)), masks)
+
+
+def test_masked_sample_follows_the_probabilities_over_the_legal_moves() -> None:
+    probabilities = np.tile([0.5, 0.3, 0.2], (20_000, 1))
+    masks = np.tile([True, False, True], (20_000, 1))
+    picks = masked_sample(probabilities, masks, np.random.default_rng(0))
+    assert picks.dtype == np.int64 and set(np.unique(picks)) == {0, 2}
+    # Renormalized over the legal moves: 0.5 / 0.7 and 0.2 / 0.7.
+    assert np.mean(picks == 0) == pytest.approx(5 / 7, abs=0.01)
+    again = masked_sample(probabilities, masks, np.random.default_rng(0))
+    np.testing.assert_array_equal(picks, again)
+    # Every legal probability 0: the most likely legal move (here the first legal one).
+    zero = masked_sample(np.array([[1.0, 0.0, 0.0]]), np.array([[False, True, True]]),
+                         np.random.default_rng(0))
+    assert zero.tolist() == [1]
+    with pytest.raises(ValueError, match=r"rows \[0\]"):
+        masked_sample(probabilities[:1], np.zeros((1, 3), dtype=bool), np.random.default_rng(0))
 
 
 def test_rotation_reads_the_last_move_from_the_observation() -> None:

@@ -15,11 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs.bosses import masked_argmax
 from envs.game import load_game
-from experiments import compare, evaluate, promote, train
+from experiments import compare, evaluate, evaluation, promote, train
 
 CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
 SMOKE = ["budget=smoke", "log_every=1024", "checkpoint_every=100000", "eval.fights=2",
-         "eval.series=2", "eval.personas=[novice]", "num_envs=4"]
+         "eval.series=2", "eval.personas=[novice]", "num_envs=4", "agent.n_steps=64",
+         "agent.batch_size=128"]
 PERSONAS = "personas=[novice,dodger]"
 FAST = [PERSONAS, "fights=4", "series=2"]
 EXPERIMENT = "evaluate-tests"
@@ -74,13 +75,13 @@ def artifacts(run_id: str, folder: str) -> set[str]:
 ])
 def test_telegraphed_moves_are_the_long_wind_up_attacks(game: str,
                                                         expected: tuple[str, ...]) -> None:
-    assert evaluate.telegraphed_moves(load_game(game)) == expected
+    assert evaluation.telegraphed_moves(load_game(game)) == expected
     # A high threshold leaves only the longest attack.
-    assert evaluate.telegraphed_moves(load_game(game), threshold=60.0) == expected[-1:]
+    assert evaluation.telegraphed_moves(load_game(game), threshold=60.0) == expected[-1:]
 
 
 def test_known_answer_finisher_boss_always_wins_and_is_flagged_as_one_move() -> None:
-    table = evaluate.evaluate_boss(OneMoveBoss("known_answer", "finisher"),
+    table = evaluation.evaluate_boss(OneMoveBoss("known_answer", "finisher"),
                                    load_game("known_answer"), ["novice", "dodger"], 6, series=3)
     assert list(table["persona"]) == ["novice", "dodger"]
     assert (table["boss_win_rate"] == 1.0).all() and (table["player_win_rate"] == 0.0).all()
@@ -89,12 +90,12 @@ def test_known_answer_finisher_boss_always_wins_and_is_flagged_as_one_move() -> 
 
 
 def test_a_boss_that_never_telegraphs_is_flagged_and_never_wins() -> None:
-    table = evaluate.evaluate_boss(OneMoveBoss("known_answer", "wait"),
+    table = evaluation.evaluate_boss(OneMoveBoss("known_answer", "wait"),
                                    load_game("known_answer"), ["novice"], 4, series=2)
     row = table.iloc[0]
     assert row["boss_win_rate"] == 0.0 and row["mix_wait"] == 1.0
     assert row["exploit"] and row["no_telegraph"] and row["telegraph_share"] == 0.0
-    assert "never telegraphs" in evaluate.readable_evaluation(table)["flags"].iloc[0]
+    assert "never telegraphs" in evaluation.readable_evaluation(table)["flags"].iloc[0]
 
 
 # --- scripted bosses -------------------------------------------------------------------------
@@ -228,9 +229,10 @@ def test_compare_two_scripted_bosses_and_its_errors(tmp_path: Path) -> None:
 def test_promote_registers_the_best_run_and_the_alias_resolves(runs: list[str],
                                                                tmp_path: Path) -> None:
     client = MlflowClient()
-    client.log_metric(runs[0], "score", 0.2)
-    client.log_metric(runs[1], "score", 0.9)
-    best = promote.run(compose_config("promote", [f"experiment={EXPERIMENT}", "metric=score"]))
+    client.log_metric(runs[0], "test/rank", 0.2)
+    client.log_metric(runs[1], "test/rank", 0.9)
+    best = promote.run(compose_config("promote", [f"experiment={EXPERIMENT}",
+                                                  "metric=test/rank"]))
     assert (best.run_id, best.value, best.model_name) == (runs[1], 0.9, "boss-duel")
     assert best.uri == "models:/boss-duel@champion"
     assert "models:/boss-duel@champion" in promote.message(best)

@@ -27,10 +27,15 @@ from experiments import train
 from experiments.tracking import TrackingConfig, tracking_uri
 
 CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
-SMOKE = ["budget=smoke", "log_every=512", "checkpoint_every=1024", "eval.fights=4",
-         "eval.series=2", "eval.personas=[novice,dodger]"]
+TINY = ["budget=smoke", "num_envs=8", "log_every=512", "checkpoint_every=1024",
+        "eval.fights=4", "eval.series=2", "eval.personas=[novice,dodger]"]
+"""A few seconds of training, for any agent."""
+PPO_TINY = ["agent.n_steps=64", "agent.batch_size=128"]
+SMOKE = [*TINY, *PPO_TINY]
+"""A few seconds of the default agent (PPO): 4 rollouts of 8 envs x 64 steps."""
 ARTIFACTS = {"model/model.zip", "config/config.yaml", "evaluation/evaluation.csv",
-             "evaluation/evaluation.md", "plots/learning_curve.png", "replay/replay_novice.html"}
+             "evaluation/evaluation.md", "evaluation/evaluation.png", "plots/learning_curve.png",
+             "replay/replay_novice.html"}
 
 
 def compose_train(overrides: list[str]) -> DictConfig:
@@ -66,8 +71,8 @@ def artifacts(run_id: str, folder: str | None = None) -> set[str]:
     *[("difficulty", level, "difficulty.level", level) for level in ("easy", "normal", "hard")],
     ("difficulty", "all", "difficulty.level", None),
     ("budget", "smoke", "budget.total_timesteps", 2048),
-    ("budget", "default", "budget.total_timesteps", 1_000_000),
-    ("budget", "long", "budget.total_timesteps", 5_000_000),
+    ("budget", "default", "budget.total_timesteps", 50_000_000),
+    ("budget", "long", "budget.total_timesteps", 250_000_000),
     ("tracking", "local", "tracking.uri", "sqlite:///mlflow.db"),
     ("tracking", "server", "tracking.uri", None),
     ("player", "dodger", "player.name", "dodger"),
@@ -89,6 +94,17 @@ def test_defaults_and_typed_agent() -> None:
         "ppo", "engagement", "normal")
     assert config.agent.policy_kwargs.net_arch == [64, 64]
     assert config.player["name"] == "population" and config.resume is None
+    assert train.num_envs(config) == 1024 and config.num_envs is None
+
+
+@pytest.mark.parametrize(("agent", "envs", "steps"), [
+    ("dqn", 8, 1_000_000), ("a2c", 64, 5_000_000), ("maskable_ppo", 1024, 50_000_000)])
+def test_each_agent_brings_its_own_envs_and_default_budget(agent: str, envs: int,
+                                                           steps: int) -> None:
+    config = train.typed_config(compose_train([f"agent={agent}"]))
+    assert train.num_envs(config) == envs and config.budget.total_timesteps == steps
+    overridden = train.typed_config(compose_train([f"agent={agent}", "num_envs=3"]))
+    assert train.num_envs(overridden) == 3
 
 
 def test_unknown_agent_names_the_available_agents() -> None:
@@ -117,7 +133,7 @@ def test_wrong_keys_and_types_fail_at_composition(override: str) -> None:
     (["game=dragon_keep"], r"game 'dragon_keep' has story, veteran, nightmare"),
     (["objective.name=win"], r"unknown objective 'win'.*engagement, defeat"),
     (["eval.personas=[nobody]"], r"unknown persona 'nobody'.*dodger"),
-    (["agent.batch_size=4096"], r"agent.batch_size=4096 is larger than one rollout"),
+    (["agent.batch_size=20000"], r"agent.batch_size=20000 is larger than one rollout"),
     (["agent=dqn", "budget=smoke", "agent.learning_starts=5000"], r"would never learn"),
     (["agent.policy_kwargs.activation_fn=swish"], r"activation_fn='swish'.*tanh, relu"),
     (["agent.gamma=1.5"], r"agent.gamma must be in \(0, 1\]"),
@@ -172,13 +188,29 @@ def test_policy_never_picks_an_illegal_move(algo: str) -> None:
     assert len(play_fights(policy, 4, game="dragon_keep", player="dodger", series=2)) == 4
 
 
+def test_policy_samples_by_default_and_argmaxes_when_deterministic() -> None:
+    env = BossFightVecEnv(4, seed=0, game="duel", player="novice")
+    model = make_agent(AGENT_CONFIGS["ppo"](), env, seed=0)
+    observations = np.tile(env.reset()[:1], (2000, 1))
+    masks = np.ones((2000, 3), dtype=bool)
+    drawn = SB3BossPolicy(model, "ppo", seed=5).select_moves(observations, masks)
+    shares = np.bincount(drawn, minlength=3) / len(drawn)
+    probabilities = SB3BossPolicy(model, "ppo").move_values(observations[:1])[0]
+    np.testing.assert_allclose(shares, probabilities, atol=0.04)
+    again = SB3BossPolicy(model, "ppo", seed=5).select_moves(observations, masks)
+    np.testing.assert_array_equal(drawn, again)
+    best = SB3BossPolicy(model, "ppo", deterministic=True).select_moves(observations, masks)
+    assert (best == probabilities.argmax()).all()
+
+
 # --- smoke training into MLflow -------------------------------------------------------------
 
 
 @pytest.mark.parametrize("algo", ALGORITHMS)
 def test_smoke_train_records_a_complete_run(algo: str, store: list[str],
                                             tmp_path: Path) -> None:
-    result = train.run(compose_train([*SMOKE, *store, f"agent={algo}"]))
+    ppo_keys = PPO_TINY if algo in ("ppo", "maskable_ppo") else []
+    result = train.run(compose_train([*TINY, *ppo_keys, *store, f"agent={algo}"]))
     assert not result.interrupted and result.steps >= 2048
     run = MlflowClient().get_run(result.run_id)
     assert run.info.status == "FINISHED"
@@ -187,7 +219,8 @@ def test_smoke_train_records_a_complete_run(algo: str, store: list[str],
         algo, "0", "2048")
     assert {"fights/engagement_score", "fights/player_win_rate", "fights/episode_return",
             "fights/duration_seconds", "time/env_steps_per_second"} <= set(metrics)
-    assert {"eval/engagement_score", "eval/novice/engagement_score",
+    assert {"eval/engagement_score", "eval/novice/engagement_score", "eval/boss_win_rate",
+            "eval/flagged", "eval/win_rate_in_band",
             "eval/dodger/player_win_rate"} <= set(metrics)
     assert tags["game_fingerprint"] == load_game("duel").fingerprint()
     assert tags["git_commit"] and tags["interrupted"] == "false"
