@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lab test lint tournament benchmark clean
+.PHONY: setup lab test lint tournament benchmark quality clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)  ## create .venv and install the lab (CPU torch pinned by constraints.txt)
 
-lab: setup  ## the lab's main job on embedded defaults
-	$(BIN)/python -m experiments.tournament
+lab: setup  ## train a boss, compare it with the scripted ones, print where to look
+	$(BIN)/python -m experiments.lab
 
 test: setup  ## lint, type-check and run the default (fast) test suite
 	$(BIN)/ruff check .
@@ -25,8 +25,12 @@ test: setup  ## lint, type-check and run the default (fast) test suite
 tournament: setup
 	$(BIN)/python -m experiments.tournament
 
-benchmark: setup  ## env speed against Gymnasium's CartPole, printed side by side
+benchmark: setup  ## speed side by side: env vs CartPole, PPO training vs DummyVecEnv
 	$(BIN)/python -m experiments.benchmark_env
+	$(BIN)/python -m experiments.benchmark_training
+
+quality: setup  ## the quality bar: trained bosses vs scripted ones (about 20 minutes)
+	$(BIN)/python -m experiments.benchmark_quality
 
 clean:
 	rm -rf $(VENV) outputs multirun

@@ -5,22 +5,28 @@
     python -m experiments.train agent=dqn objective=defeat difficulty=all seed=3
     python -m experiments.train game=dragon_keep difficulty.level=veteran
     python -m experiments.train resume=<run id>                   # continue an interrupted run
+    python -m experiments.train --multirun seed=0,1,2             # a sweep (experiments.sweep)
+    python -m experiments.train --multirun search=ppo             # an Optuna search
     mlflow ui --backend-store-uri sqlite:///mlflow.db             # browse the runs
 
 The config (``configs/train.yaml``) is composed from the groups ``game``, ``player``, ``agent``
 (ppo, maskable_ppo, dqn, a2c), ``objective`` (engagement, defeat), ``difficulty`` (easy,
-normal, hard, all), ``budget`` (smoke, default, long) and ``tracking`` (local, server), each
-checked against its schema (:mod:`agents.config`, :class:`TrainConfig`) when composed and
-validated across fields before anything runs.
+normal, hard, all), ``budget`` (smoke, quick, default, long), ``tracking`` (local, server) and
+``search`` (hyperparameter searches for ``--multirun``), each checked against its schema
+(:mod:`agents.config`, :class:`TrainConfig`) when composed and validated across fields before
+anything runs.
 
 One MLflow run holds: the resolved config (``config/config.yaml``) and its flattened params;
 tags ``git_commit``, ``game_fingerprint``, ``algo``, ``game``, ``interrupted``; training
 metrics against env steps (``fights/*`` from the fights that ended recently: episode return,
 player win rate, duration, timeouts, engagement score; ``time/env_steps_per_second``; SB3's own
 ``train/*``, ``rollout/*``); checkpoints (``checkpoints/step_<n>.zip``); the model
-(``model/model.zip``); the evaluation against every persona (``evaluation/evaluation.csv``
-and ``.md``, metrics ``eval/*``); the learning curve (``plots/learning_curve.png``) and a replay
-of one evaluation fight (``replay/replay_<persona>.html``).
+(``model/model.zip``); the evaluation against every persona (``evaluation/evaluation.csv``,
+``.md`` and ``.png``, metrics ``eval/*``; :mod:`experiments.evaluation`); the run's ``score``
+(:func:`objective_score`, what a sweeper maximizes); the learning curve
+(``plots/learning_curve.png``) and a replay of one evaluation fight
+(``replay/replay_<persona>.html``). In a ``--multirun``, the run is a child of the sweep's
+parent run (:mod:`experiments.sweep`).
 
 Ctrl-C saves a checkpoint, tags the run ``interrupted=true`` (with ``interrupted_at_step``) and
 ends it with status KILLED; ``resume=<run id>`` reopens the same run with its logged config,
@@ -169,6 +175,8 @@ class TrainResult:
     """One row per persona (x level); None when interrupted."""
     score: float | None = None
     """The objective's score (see objective_score); None when interrupted."""
+    evaluation_path: str | None = None
+    """Where the run's evaluation table (markdown) is stored; None when interrupted."""
 
 
 # --- config ------------------------------------------------------------------------------
@@ -459,7 +467,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> TrainR
             tracking.finish()
     report(run_id, eval_md, table, score)
     return TrainResult(run_id, model.num_timesteps, interrupted=False, evaluation=table,
-                       score=score)
+                       score=score, evaluation_path=eval_md)
 
 
 def objective_score(table: pd.DataFrame, objective: str) -> float:
