@@ -1,0 +1,160 @@
+"""What the episodic memory's neighbours say about each boss move: pure numpy, no FAISS.
+
+The training wrapper, the value-blended policy and the real-time server all turn the
+memory's search results into numbers through these functions, so they cannot disagree.
+
+Search results (:class:`MoveNeighbours` from ``EpisodicMemory.search`` and :class:`Neighbours`
+from ``EpisodicMemory.search_any``) are padded: a missing neighbour has id ``-1``, squared
+distance ``inf`` and value ``0``.
+
+Kernel (Neural Episodic Control, Pritzel et al. 2017). A neighbour at squared L2 distance
+``s_i`` gets the weight ``w_i = (1 / (s_i + delta)) / sum_j 1 / (s_j + delta)`` over the valid
+neighbours of the same query and move; padding gets weight 0, and a row without any valid
+neighbour gets all zeros. ``delta`` keeps an exact match from taking all the weight.
+
+Features (:func:`retrieval_features`), per query and move, all finite:
+
+==========  =====================================================================================
+feature     meaning
+==========  =====================================================================================
+values      the kernel-weighted mean of the neighbours' values (returns); 0 without neighbours
+counts      how many valid neighbours were found (0..k)
+distances   the mean squared distance of the valid neighbours squashed to [0, 1):
+            ``d / (d + distance_scale)``; exactly 1.0 without neighbours
+==========  =====================================================================================
+
+:meth:`RetrievalFeatures.as_array` stacks them as ``(n, moves, 3)`` float32 with
+``counts / k``, so two of the three lie in [0, 1] (``values`` is on the scale of the returns).
+
+Blending (Ephemeral Value Adjustments, Hansen et al. 2018): :func:`blend_values` computes
+``Q = lam_eff * Q_learned + (1 - lam_eff) * Q_memory`` with
+
+    closeness = (min(counts, k) / k) * (1 - distances)      in [0, 1]
+    lam_eff   = 1 - (1 - lam) * closeness                    in [lam, 1]
+
+so a move with a full set of neighbours at distance 0 gets EVA's ``lam``, and a move with no
+neighbours, or only far ones, falls back to the learned value.
+
+Example::
+
+    hits = memory.search(embeddings, k=8)                 # (n, moves, k)
+    features = retrieval_features(hits)
+    q = blend_values(q_learned, features.values, features.counts, features.distances,
+                     lam=0.5, k=8)
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+DEFAULT_DELTA = 1e-3
+DEFAULT_DISTANCE_SCALE = 1.0
+
+
+class MoveNeighbours(NamedTuple):
+    """The k nearest entries of each move for each query; arrays shaped ``(n, moves, k)``."""
+
+    ids: np.ndarray
+    """int64 entry ids, nearest first; -1 pads a move with fewer than k entries."""
+    distances: np.ndarray
+    """float32 squared L2 distances; inf on padding."""
+    values: np.ndarray
+    """float32 stored values (the return that followed the move); 0 on padding."""
+
+
+class Neighbours(NamedTuple):
+    """The k nearest entries of any move for each query; arrays shaped ``(n, k)``."""
+
+    ids: np.ndarray
+    """int64 entry ids, nearest first; -1 on padding."""
+    distances: np.ndarray
+    """float32 squared L2 distances; inf on padding."""
+    moves: np.ndarray
+    """int64 boss move of each entry; -1 on padding."""
+    values: np.ndarray
+    """float32 stored values; 0 on padding."""
+    outcomes: np.ndarray
+    """float32 stored outcomes (1 boss won, 0 player won, 0.5 timeout); 0 on padding."""
+
+
+class RetrievalFeatures(NamedTuple):
+    """Per query and move: what the memory's neighbours say; arrays shaped ``(n, moves)``."""
+
+    values: np.ndarray
+    """float32 kernel-weighted neighbour value; 0 without neighbours."""
+    counts: np.ndarray
+    """int64 number of valid neighbours, 0..k."""
+    distances: np.ndarray
+    """float32 squashed mean squared distance in [0, 1]; 1.0 without neighbours."""
+    k: int
+    """How many neighbours were asked for (the largest possible count)."""
+
+    def as_array(self) -> np.ndarray:
+        """``(n, moves, 3)`` float32: values, counts / k, distances (a network's input)."""
+        return np.stack([self.values, self.counts / self.k, self.distances], axis=-1).astype(
+            np.float32)
+
+
+def kernel_weights(squared_distances: np.ndarray, delta: float = DEFAULT_DELTA) -> np.ndarray:
+    """NEC's normalized inverse-distance weights over the last axis.
+
+    ``w_i = (1 / (s_i + delta)) / sum_j 1 / (s_j + delta)`` for squared distances ``s``;
+    ``inf`` (padding) gets 0 and a row of padding only gets all zeros, never NaN.
+    """
+    if delta <= 0:
+        raise ValueError(f"delta must be > 0 (got {delta}); NEC uses 1e-3.")
+    distances = np.asarray(squared_distances, dtype=np.float64)
+    kernel = np.where(np.isfinite(distances), 1.0 / (np.maximum(distances, 0.0) + delta), 0.0)
+    total = kernel.sum(axis=-1, keepdims=True)
+    return np.divide(kernel, total, out=np.zeros_like(kernel), where=total > 0)
+
+
+def retrieval_features(neighbours: MoveNeighbours, delta: float = DEFAULT_DELTA,
+                       distance_scale: float = DEFAULT_DISTANCE_SCALE) -> RetrievalFeatures:
+    """Kernel-weighted value, neighbour count and squashed mean distance per query and move.
+
+    ``distance_scale`` is the mean squared distance that squashes to 0.5: set it to a typical
+    squared distance between neighbouring encounters in the embedding space.
+    """
+    if distance_scale <= 0:
+        raise ValueError(f"distance_scale must be > 0 (got {distance_scale}): use a typical "
+                         f"squared distance between neighbouring keys.")
+    distances = np.asarray(neighbours.distances, dtype=np.float64)
+    valid = np.isfinite(distances)
+    values = np.where(valid, np.asarray(neighbours.values, dtype=np.float64), 0.0)
+    value = (kernel_weights(distances, delta) * values).sum(axis=-1)
+    count = valid.sum(axis=-1)
+    distance_sum = np.where(valid, distances, 0.0).sum(axis=-1)
+    mean_distance = distance_sum / np.maximum(count, 1)
+    squashed = np.where(count > 0, mean_distance / (mean_distance + distance_scale), 1.0)
+    return RetrievalFeatures(values=value.astype(np.float32), counts=count.astype(np.int64),
+                             distances=squashed.astype(np.float32), k=distances.shape[-1])
+
+
+def blend_values(q_learned: np.ndarray, q_memory: np.ndarray, counts: np.ndarray,
+                 distances: np.ndarray, lam: float, k: int) -> np.ndarray:
+    """EVA's blend, trusting the memory only as much as it has close neighbours.
+
+    ``Q = lam_eff * q_learned + (1 - lam_eff) * q_memory`` with
+    ``lam_eff = 1 - (1 - lam) * (min(counts, k) / k) * (1 - distances)``, where ``distances``
+    are the squashed mean distances in [0, 1] (:attr:`RetrievalFeatures.distances`). All arrays
+    are ``(n, moves)``; ``lam = 1`` ignores the memory. The result is float32 when
+    ``q_learned`` is float32 (a network's output), float64 otherwise.
+    """
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must be in [0, 1] (got {lam}): 1 ignores the memory, "
+                         f"0 trusts close memories fully.")
+    if k < 1:
+        raise ValueError(f"k must be >= 1 (got {k}): pass the k the memory was searched with.")
+    learned = np.asarray(q_learned, dtype=np.float64)
+    memory = np.asarray(q_memory, dtype=np.float64)
+    if learned.shape != memory.shape:
+        raise ValueError(f"q_learned {learned.shape} and q_memory {memory.shape} must have the "
+                         f"same (n, moves) shape.")
+    fill = np.minimum(np.asarray(counts), k) / k
+    closeness = fill * (1.0 - np.clip(np.asarray(distances, dtype=np.float64), 0.0, 1.0))
+    lam_eff = 1.0 - (1.0 - lam) * closeness
+    blended = lam_eff * learned + (1.0 - lam_eff) * memory
+    return blended.astype(np.float32 if np.asarray(q_learned).dtype == np.float32 else np.float64)
