@@ -51,7 +51,7 @@ and 23-29; the rest of a ``boss_action_request`` gives 6, 7, 30-35; the boss's o
 - ``objective="engagement"``: at the end of a fight only, ``0.5 * close + 0.5 * duration +
   steer``: ``close`` is 1 when |boss HP - player HP| (fractions) is within the level's
   ``target_hp_margin``, ``duration`` is 1 inside the level's ``target_duration``, and
-  ``steer = 8 * (won - target) * (target - recent)`` rewards the outcome that moves the
+  ``steer = 16 * (won - target) * (target - recent)`` rewards the outcome that moves the
   player's win rate over their last 5 fights (``recent``) toward the level's
   ``target_player_win_rate`` (``won`` is 1 when the player won).
 - Both: -0.05 for an illegal move.

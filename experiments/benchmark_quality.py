@@ -97,7 +97,7 @@ def defeat_verdict(table: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
     beats = (wide[trained] > best) | ((best == 1.0) & (wide[trained] == 1.0))
     shown = wide[[trained, *[b for b in wide.columns if b != trained]]].round(2)
     shown["best scripted"] = best.round(2)
-    shown["trained higher"] = beats.map({True: "yes", False: "NO"})
+    shown["trained higher (or both 100%)"] = beats.map({True: "yes", False: "NO"})
     return shown, bool(beats.all())
 
 
