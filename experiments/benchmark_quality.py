@@ -27,16 +27,15 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
-from hydra import compose, initialize_config_dir
 
 from envs.bosses import SCRIPTED_BOSSES, make_boss
 from envs.game import GameDefinition, load_game
 from experiments import train
+from experiments.compose import compose_config
 from experiments.evaluate import load_boss
 from experiments.evaluation import PERSONAS, evaluate_boss
 from experiments.tournament import markdown_table
 
-CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
 MAX_TRAINING_SECONDS = 15 * 60
 MIN_IN_BAND = 4
 LEVEL = "normal"
@@ -53,10 +52,9 @@ class Trained(NamedTuple):
 
 def train_boss(objective: str, overrides: list[str]) -> Trained:
     """Train with the default config for ``objective`` (plus ``overrides``), timed."""
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        cfg = compose("train", overrides=[f"objective={objective}", f"difficulty={LEVEL}",
-                                          "experiment=bosslab-quality",
-                                          f"run_name=quality-{objective}", *overrides])
+    cfg = compose_config("train", [f"objective={objective}", f"difficulty={LEVEL}",
+                                   "experiment=bosslab-quality", f"run_name=quality-{objective}",
+                                   *overrides])
     start = time.perf_counter()
     result = train.run(cfg)
     seconds = time.perf_counter() - start

@@ -40,13 +40,11 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
@@ -54,8 +52,7 @@ import envs
 from agents.config import PPOConfig
 from agents.vec_env import BossFightVecEnv
 from experiments import train
-
-CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
+from experiments.compose import compose_config
 
 TARGET_RATIO = 5.0
 TARGET_STEPS = 10_000
@@ -144,8 +141,7 @@ def paired_rounds(rounds: int, ours: Callable[[], Rate],
 
 def lab_defaults() -> dict[str, int]:
     """The lab's default PPO settings: ``python -m experiments.train``'s, composed by Hydra."""
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        config = train.typed_config(compose("train"))
+    config = train.typed_config(compose_config("train"))
     agent = config.agent
     assert isinstance(agent, PPOConfig)
     return {"n_envs": train.num_envs(config), "n_steps": agent.n_steps,

@@ -19,38 +19,30 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import mlflow
 import pandas as pd
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
 
 from envs.bosses import SCRIPTED_BOSSES
-from experiments import compare, train
+from experiments import compare, tracking, train
+from experiments.compose import compose_config
 
-CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
 OUT = Path("outputs") / "lab"
 
 
-def composed(name: str, overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
-        return compose(name, overrides=overrides)
-
-
 def main(overrides: list[str]) -> None:
-    cfg = composed("train", ["budget=quick", *overrides])
+    cfg = compose_config("train", ["budget=quick", *overrides])
     result = train.run(cfg)
     if result.interrupted or result.evaluation is None:
         print(train.interrupted_message(result))
         raise SystemExit(130)
     level = str(result.evaluation["difficulty"].iloc[0])
     bosses = ",".join([f"runs:/{result.run_id}", *SCRIPTED_BOSSES])
-    table, paths = compare.run(composed("compare", [f"bosses=[{bosses}]",
-                                                    f"difficulty.level={level}"]), OUT)
+    table, paths = compare.run(compose_config("compare", [f"bosses=[{bosses}]",
+                                                          f"difficulty.level={level}"]), OUT)
     print(f"\nThe trained boss and the scripted ones on the same players ({level}):")
     with pd.option_context("display.width", 220, "display.max_columns", None):
         print(compare.side_by_side(table).to_string(index=False))
     print(f"\nWhere to look:\n"
-          f"  MLflow UI:        mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}\n"
+          f"  MLflow UI:        {tracking.browse_command()}\n"
           f"                    (http://127.0.0.1:5000, experiment {cfg.experiment}, run "
           f"{result.run_id})\n"
           f"  Evaluation table: {result.evaluation_path}\n"

@@ -24,7 +24,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from experiments import tracking
 
@@ -68,10 +68,7 @@ class MLflowSweepCallback(Callback):
 
 
 def _connect(config: DictConfig) -> str:
-    settings = OmegaConf.to_object(OmegaConf.merge(
-        OmegaConf.structured(tracking.TrackingConfig), config.tracking))
-    assert isinstance(settings, tracking.TrackingConfig)
-    return tracking.connect(settings, str(config.experiment))
+    return tracking.connect(tracking.settings(config.tracking), str(config.experiment))
 
 
 def _target_name(node: Any) -> str:

@@ -24,6 +24,7 @@ import mlflow
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 ENV_VAR = "MLFLOW_TRACKING_URI"
 CHECKPOINT_DIR = "checkpoints"
@@ -39,6 +40,19 @@ class TrackingConfig:
     """Tracking URI, e.g. sqlite:///mlflow.db; null: the MLFLOW_TRACKING_URI env variable."""
     artifact_location: str | None = None
     """Where a new experiment stores artifacts; null: MLflow's default (./mlruns locally)."""
+
+
+def settings(node: Any) -> TrackingConfig:
+    """A composed ``tracking`` group (a DictConfig or mapping) checked against the schema."""
+    typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrackingConfig), node))
+    assert isinstance(typed, TrackingConfig)
+    return typed
+
+
+def browse_command() -> str:
+    """How to look at the runs of the current tracking store."""
+    uri = mlflow.get_tracking_uri()
+    return f"open {uri}" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
 
 
 def tracking_uri(config: TrackingConfig) -> str:

@@ -428,9 +428,7 @@ def record_results(model: BaseAlgorithm, game: GameDefinition, config: TrainConf
 
 def prepare(cfg: DictConfig, work: Path) -> tuple[DictConfig, TrainConfig, GameDefinition]:
     """Connect to the tracking store, load a resumed run's config, type and validate it all."""
-    tracking_config = OmegaConf.to_object(OmegaConf.merge(
-        OmegaConf.structured(tracking.TrackingConfig), cfg.tracking))
-    assert isinstance(tracking_config, tracking.TrackingConfig)
+    tracking_config = tracking.settings(cfg.tracking)
     mlflow.set_tracking_uri(tracking.tracking_uri(tracking_config))
     if cfg.resume is not None:
         cfg = resumed_config(cfg, work)
@@ -477,13 +475,10 @@ def objective_score(table: pd.DataFrame, objective: str) -> float:
 
 def report(run_id: str, eval_md: str, table: pd.DataFrame, score: float) -> None:
     """Print the evaluation and where to look."""
-    uri = mlflow.get_tracking_uri()
     with pd.option_context("display.width", 200, "display.max_columns", None):
         print(readable_evaluation(table).to_string(index=False))
-    browse = (f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http")
-              else f"open {uri}")
     print(f"\nRun {run_id} finished: score {score:.3f}.\n  Evaluation table: {eval_md}\n"
-          f"  Browse the runs: {browse}")
+          f"  Browse the runs: {tracking.browse_command()}")
 
 
 def interrupted_message(result: TrainResult) -> str:
