@@ -105,6 +105,11 @@ class BatchOps:
         flat, where = table.reshape(-1), self._flat(table, first) * table.shape[2] + second
         flat[where] += value
 
+    def row_shares(self, table: np.ndarray, totals: np.ndarray, index: Any) -> Any:
+        """Per env, row ``index`` of its (rows, k) table over that row's total + 2: (n, k)."""
+        rows = table[self.rows, index]
+        return rows / (self.pick(totals, index) + 2.0)[:, None]
+
     @staticmethod
     def column_of(table: np.ndarray, index: int) -> Any:
         return table[:, index]
@@ -250,6 +255,11 @@ class ScalarOps:
         table[first][second] += value
 
     @staticmethod
+    def row_shares(table: list[list[float]], totals: list[float], index: int) -> list[float]:
+        total = totals[index] + 2.0
+        return [v / total for v in table[index]]
+
+    @staticmethod
     def column_of(table: list[float], index: int) -> float:
         return table[index]
 
@@ -343,6 +353,7 @@ class Ops(Protocol):
     def put(self, table: Any, index: Any, value: Any) -> None: ...
     def add(self, table: Any, index: Any, value: Any) -> None: ...
     def add2(self, table: Any, first: Any, second: Any, value: Any) -> None: ...
+    def row_shares(self, table: Any, totals: Any, index: Any) -> Any: ...
     def column_of(self, table: Any, index: int) -> Any: ...
     def gather(self, stats: Any, index: Any) -> Any: ...
     def lookup(self, stats: Any, phase: Any, move: Any) -> Any: ...

@@ -19,7 +19,7 @@ illegal move is replaced by the phase's free move and costs a reward of -0.05.
 
 ## Observation Space
 ``Box(0, 1, (n,), float32)``, laid out by :class:`envs.observation.ObservationLayout`
-(``layout.names()`` names every element). For the ``duel`` game (n = 40):
+(``layout.names()`` names every element). For the ``duel`` game (n = 43):
 
 | index | name | min | max |
 |-------|------|-----|-----|
@@ -35,15 +35,18 @@ illegal move is replaced by the phase's free move and costs a reward of -0.05.
 | 9-14 | frequent_actions (light_attack, heavy_attack, ranged_attack, dodge, block, heal) | 0 | 1 |
 | 15-19 | attack_patterns (combo, hit_and_run, ranged_poke, counter_attack, button_mash) | 0 | 1 |
 | 20-22 | cooldowns (attack, defend, special_move; remaining / cooldown) | 0 | 1 |
-| 23-26 | movement_style (aggressive, defensive, balanced, evasive) | 0 | 1 |
-| 27-29 | difficulty (easy, normal, hard) | 0 | 1 |
-| 30-32 | battle_phase (early_battle, mid_battle, late_battle) | 0 | 1 |
-| 33-35 | environment (arena, forest, cave) | 0 | 1 |
-| 36-39 | last_boss_action (none, attack, defend, special_move) | 0 | 1 |
+| 23-25 | move_habits (attack, defend, special_move; count / (all + 2)) | 0 | 1 |
+| 26-29 | movement_style (aggressive, defensive, balanced, evasive) | 0 | 1 |
+| 30-32 | difficulty (easy, normal, hard) | 0 | 1 |
+| 33-35 | battle_phase (early_battle, mid_battle, late_battle) | 0 | 1 |
+| 36-38 | environment (arena, forest, cave) | 0 | 1 |
+| 39-42 | last_boss_action (none, attack, defend, special_move) | 0 | 1 |
 
 The protocol's ``player_context`` (with the request's ``difficulty``) gives indices 0-5, 9-19
-and 23-29; the rest of a ``boss_action_request`` gives 6, 7, 30-35; the boss's own state
-(stamina, cooldowns, last move) gives 8, 20-22 and 36-39.
+and 26-32; the rest of a ``boss_action_request`` gives 6, 7, 33-38; the boss's own state
+(stamina, cooldowns, habits, last move) gives 8, 20-25 and 39-42. The habits let a boss see how
+predictable it has been to this player: players who learn patterns (a persona's
+``pattern_learning``) anticipate the moves a boss makes most often after a given move.
 
 ## Rewards
 - ``objective="defeat"``: per step, damage dealt to the player (fraction of its max HP) minus

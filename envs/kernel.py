@@ -78,6 +78,8 @@ class FightState:
     patterns: Any
     knowledge: Any
     knowledge_total: Any
+    habits: Any  # the boss's own move counts after each previous move, against this player
+    habits_total: Any
     # PLAYER_FIELDS by name: floats (single env), or row views of ``player`` (vector env),
     # a (fields, envs) matrix so that a new player is one assignment.
     params: dict[str, Any]
@@ -148,7 +150,8 @@ def _zero(n: int, scalar: bool, integer: bool) -> Any:
 def table_shapes(moves: int) -> dict[str, tuple[int, ...]]:
     return {"ready_at": (moves,), "shares": (len(PLAYER_ACTIONS),),
             "patterns": (len(ATTACK_PATTERNS),), "knowledge": (moves + 1, moves),
-            "knowledge_total": (moves + 1,)}
+            "knowledge_total": (moves + 1,), "habits": (moves + 1, moves),
+            "habits_total": (moves + 1,)}
 
 
 def _table(n: int, shape: tuple[int, ...], scalar: bool) -> Any:
@@ -163,11 +166,13 @@ PLAYER_FIELDS = (*PARAMETERS, "armor", "power", "fastest_reaction", "reaction_sp
 NOT_ROWS = ("params", "player", "scalar")
 CONTEXT_FIELDS = ("share_total", "shares", "patterns", "dodge_rate", "seen_reaction", "player_hp",
                   "difficulty", "session_seconds", "history", "boss_hp", "boss_max_hp",
-                  "phase", "arena", "distance", "stamina", "ready_at", "time", "last_move")
+                  "phase", "arena", "distance", "stamina", "ready_at", "time", "last_move",
+                  "habits", "habits_total")
 INTEGER_FIELDS = ("phase", "last_move", "decisions", "difficulty", "arena", "persona", "fights",
                   "range_keeper",
                   "history")
-TABLES = ("ready_at", "shares", "patterns", "knowledge", "knowledge_total")
+TABLES = ("ready_at", "shares", "patterns", "knowledge", "knowledge_total", "habits",
+          "habits_total")
 
 
 class StepResult(NamedTuple):
@@ -211,7 +216,8 @@ def start_players(s: FightState, index: np.ndarray, pool: PlayerPool, rules: Pla
              range_keeper=2 * (params["preferred_range"] > rules.melee_reach + 0.5),
              share_total=zeros, dodge_rate=zeros, seen_reaction=np.full(count, 0.5),
              session_seconds=zeros, fights=zeros, history=zeros.astype(int))
-    s.clear(index, "shares", "patterns", "knowledge", "knowledge_total")
+    s.clear(index, "shares", "patterns", "knowledge", "knowledge_total", "habits",
+            "habits_total")
 
 
 def _derived(params: dict[str, np.ndarray], rules: PlayerRules) -> dict[str, np.ndarray]:
@@ -343,6 +349,8 @@ def step(  # noqa: PLR0915
     o.blend(s.patterns, EMA * attacks, seen)
     o.add2(s.knowledge, previous, move, p["pattern_learning"])
     o.add(s.knowledge_total, previous, p["pattern_learning"])
+    o.add2(s.habits, previous, move, 1.0)
+    o.add(s.habits_total, previous, 1.0)
     s.last_move = move
 
     boss_down = s.boss_hp <= 0.0
@@ -439,5 +447,6 @@ def context(s: FightState, t: GameTables, o: Ops) -> ContextColumns:
         distance=s.distance,
         boss_stamina=s.stamina / t.max_stamina_safe,
         cooldowns=o.remaining(s.ready_at, s.time, t.cooldown_safe),
+        move_habits=o.row_shares(s.habits, s.habits_total, s.last_move + 1),
         last_boss_action=s.last_move + 1,
     )

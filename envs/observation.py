@@ -23,6 +23,8 @@ boss_stamina           1                       stamina fraction
 frequent_actions       len(PLAYER_ACTIONS)     multi-hot of the player's frequent actions
 attack_patterns        len(ATTACK_PATTERNS)    multi-hot of the player's attack patterns
 cooldowns              moves                   remaining cooldown / the move's cooldown
+move_habits            moves                   how often the boss followed its last move with
+                                               each move against this player: count / (all + 2)
 movement_style         len(MOVEMENT_STYLES)    one-hot
 difficulty             levels                  one-hot of the difficulty level
 battle_phase           phases                  one-hot
@@ -67,11 +69,14 @@ class PlayerContext:
 
 @dataclass(frozen=True)
 class BossState:
-    """What the boss itself knows between decisions: stamina, cooldowns, its last move."""
+    """What the boss itself knows between decisions: stamina, cooldowns, its last move, and its
+    habits against this player (``move_habits`` in the module docstring; the server counts
+    them from the session's decisions)."""
 
     stamina: float = 1.0
     cooldowns: tuple[float, ...] = ()
     last_action: str | None = None
+    habits: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,7 @@ class ContextColumns(NamedTuple):
     frequent_actions: Any
     attack_patterns: Any
     cooldowns: Any
+    move_habits: Any
     movement_style: Any
     difficulty: Any
     battle_phase: Any
@@ -116,7 +122,7 @@ class ContextColumns(NamedTuple):
 VALUE_SCALES = {"dodge_frequency": 1.0, "reaction_time": 0.5, "health_percentage": 1.0,
                 "session_duration": 1 / 60, "recent_deaths": 0.2, "equipment_level": 0.1,
                 "boss_health": 1.0, "distance": 0.05, "boss_stamina": 1.0}
-BLOCKS = ("frequent_actions", "attack_patterns", "cooldowns")
+BLOCKS = ("frequent_actions", "attack_patterns", "cooldowns", "move_habits")
 CATEGORIES = ("movement_style", "difficulty", "battle_phase", "environment", "last_boss_action")
 
 
@@ -147,7 +153,8 @@ class ObservationLayout:
         sizes = {
             **dict.fromkeys(VALUE_SCALES, 1),
             "frequent_actions": len(PLAYER_ACTIONS), "attack_patterns": len(ATTACK_PATTERNS),
-            "cooldowns": len(moves), "movement_style": len(MOVEMENT_STYLES),
+            "cooldowns": len(moves), "move_habits": len(moves),
+            "movement_style": len(MOVEMENT_STYLES),
             "difficulty": len(game.difficulty_levels), "battle_phase": len(game.phases),
             "environment": len(game.environments), "last_boss_action": len(moves) + 1,
         }
@@ -174,7 +181,8 @@ class ObservationLayout:
             "frequent_actions": PLAYER_ACTIONS, "attack_patterns": ATTACK_PATTERNS,
             "movement_style": MOVEMENT_STYLES, "difficulty": self.difficulty_levels,
             "battle_phase": self.phases, "environment": self.environments,
-            "cooldowns": self.moves, "last_boss_action": ("none", *self.moves),
+            "cooldowns": self.moves, "move_habits": self.moves,
+            "last_boss_action": ("none", *self.moves),
         }
         out = []
         for f in self.features:
@@ -217,10 +225,8 @@ class ObservationLayout:
         """Turn the protocol's strings into the numbers the encoder takes."""
         p = s.player
         boss = s.boss
-        cooldowns = list(boss.cooldowns) or [0.0] * len(self.moves)
-        if len(cooldowns) != len(self.moves):
-            raise ValueError(f"boss cooldowns have {len(cooldowns)} entries; this game has "
-                             f"{len(self.moves)} moves ({', '.join(self.moves)}).")
+        cooldowns = self._per_move(boss.cooldowns, "cooldowns")
+        habits = self._per_move(boss.habits, "habits")
         last = -1 if boss.last_action is None else _index(self.moves, boss.last_action, "move")
         difficulty = s.difficulty or p.difficulty_preference
         return ContextColumns(
@@ -239,9 +245,17 @@ class ObservationLayout:
             environment=_lookup(self.environments, s.environment),
             distance=s.distance,
             boss_stamina=boss.stamina,
-            cooldowns=[float(c) for c in cooldowns],
+            cooldowns=cooldowns,
+            move_habits=habits,
             last_boss_action=last + 1,
         )
+
+    def _per_move(self, values: Sequence[float], what: str) -> list[float]:
+        """One float per move (all 0 when ``values`` is empty)."""
+        if values and len(values) != len(self.moves):
+            raise ValueError(f"boss {what} have {len(values)} entries; this game has "
+                             f"{len(self.moves)} moves ({', '.join(self.moves)}).")
+        return [float(v) for v in values] or [0.0] * len(self.moves)
 
 
 def _one_hot_rows(size: int) -> tuple[tuple[float, ...], ...]:

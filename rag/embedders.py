@@ -30,11 +30,11 @@ The player and the fight, not the boss: the protocol's player context (dodge_fre
 reaction_time, health_percentage, session_duration, recent_deaths, equipment_level,
 frequent_actions, attack_patterns, movement_style, difficulty) and what a request says about
 the fight (boss_health, distance, battle_phase, environment). The boss's own state
-(:data:`BOSS_STATE_FEATURES`: boss_stamina, cooldowns, last_boss_action) is left out: the
-policy already sees it in its observation, a game's request does not carry it, and it changes
-with every move whoever the player is, so it would split the memories of one player at one
+(:data:`BOSS_STATE_FEATURES`: boss_stamina, cooldowns, move_habits, last_boss_action) is left
+out: the policy already sees it in its observation, a game's request does not carry it, and it
+changes with every move whoever the player is, so it would split the memories of one player at one
 point of the fight by whether a move happens to be on cooldown. For ``duel`` the key uses 32
-of the observation's 40 features.
+of the observation's 43 features.
 
 ## Embedders
 ==================== ============================= =========== ==================================
@@ -122,7 +122,7 @@ Contexts: TypeAlias = np.ndarray | Situation | Sequence[Situation] | ContextColu
 
 EMBEDDER_KINDS = ("numeric", "sentence_transformer", "openai")
 """The embedders :func:`make_embedder` builds (``EmbedderConfig.kind``)."""
-BOSS_STATE_FEATURES = ("boss_stamina", "cooldowns", "last_boss_action")
+BOSS_STATE_FEATURES = ("boss_stamina", "cooldowns", "move_habits", "last_boss_action")
 """Observation features that describe the boss, not the player or the fight: not in keys."""
 TEXT_FORMAT = "text-v1"
 """Version of :func:`render_texts`' wording (a new wording is a new embedding space)."""

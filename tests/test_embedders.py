@@ -80,8 +80,9 @@ def test_numeric_keys_are_unit_float32_rows_of_the_player_and_fight(
     embedder = NumericContextEmbedder(layout)
     keys = embedder.embed(observations())
     moves = len(layout.moves)
-    # Everything but boss_stamina (1), cooldowns (moves) and last_boss_action (moves + 1).
-    assert embedder.dim == layout.size - 1 - moves - (moves + 1) == 32
+    # Everything but boss_stamina (1), cooldowns and move_habits (moves each) and
+    # last_boss_action (moves + 1).
+    assert embedder.dim == layout.size - 1 - 2 * moves - (moves + 1) == 32
     assert keys.shape == (16, 32)
     assert keys.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(keys, axis=1), 1.0, atol=1e-6)
@@ -179,7 +180,7 @@ def test_feature_weights_stretch_their_feature_and_are_checked(
 
 def test_inputs_of_the_wrong_shape_or_type_are_refused(layout: ObservationLayout) -> None:
     embedder = NumericContextEmbedder(layout)
-    with pytest.raises(ValueError, match=r"width 40.*shape \(2, 39\)"):
+    with pytest.raises(ValueError, match=r"width 43.*shape \(2, 39\)"):
         embedder.embed(np.zeros((2, 39), dtype=np.float32))
     broken = observations()[:2].copy()
     broken[1, 0] = np.nan

@@ -42,6 +42,7 @@ def as_request(columns: ContextColumns, layout: ObservationLayout) -> Situation:
         distance=c["distance"],
         difficulty=layout.difficulty_levels[c["difficulty"]],
         boss=BossState(stamina=c["boss_stamina"], cooldowns=tuple(c["cooldowns"]),
+                       habits=tuple(c["move_habits"]),
                        last_action=None if last < 0 else layout.moves[last]),
     )
 

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.filterwarnings("error")
 
 N = 8
 MOVES = 3  # the duel's moves: attack, defend, special_move
-OBS_SIZE = 40  # the duel's observation (envs.boss_fight docstring)
+OBS_SIZE = 43  # the duel's observation (envs.boss_fight docstring)
 FIGHT_ENDS = ("player_won", "fight_seconds", "hp_margin", "persona", "difficulty",
               "environment")
 
