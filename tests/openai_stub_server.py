@@ -1,15 +1,27 @@
-"""A small OpenAI-compatible embeddings server for tests: real HTTP on loopback, no network.
+"""A small OpenAI-compatible server for tests: embeddings and chat, real HTTP on loopback.
 
 ``POST /v1/embeddings`` answers in the shape of OpenAI's API
 (``{"object": "list", "data": [{"object": "embedding", "index": i, "embedding": [...]}],
 "model": ..., "usage": {...}}``), with ``encoding_format`` ``float`` or ``base64`` and an
 optional ``dimensions``. A vector is a deterministic function of its text (:func:`stub_vector`:
-hashed words, so texts that share words are close). The server
+hashed words, so texts that share words are close).
+
+``POST /v1/chat/completions`` answers in the shape of OpenAI's chat API
+(``{"object": "chat.completion", "choices": [{"message": {"role": "assistant", "content":
+...}, "finish_reason": "stop"}], "usage": {"prompt_tokens", "completion_tokens",
+"total_tokens"}}``; tokens are counted as whitespace-separated words). The content is
+scripted: the next answers queued with :meth:`OpenAIStubServer.queue_chat` (a string, or a
+function of the request's messages), else ``chat_default(messages)``.
+
+The server
 
 - checks ``Authorization: Bearer <key>`` and answers a wrong or missing key with 401 and
   OpenAI's error JSON;
-- fails the next requests on demand (:meth:`OpenAIStubServer.fail_next`, e.g. 429 or 500);
-- records every request it receives (time, status, model, inputs) in ``requests``.
+- fails the next requests on demand (:meth:`OpenAIStubServer.fail_next`, e.g. 429 or 500),
+  whichever endpoint they are for;
+- waits ``chat_delay`` seconds before every chat answer (to make latency measurable);
+- records every request it receives (time, status, model, inputs, path, messages, answer) in
+  ``requests``.
 
 Use it as a context manager; it listens on 127.0.0.1 on a free port:
 
@@ -29,10 +41,11 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
 
 import numpy as np
 
@@ -46,6 +59,17 @@ ERRORS = {
     503: ("server_error", None),
 }
 """OpenAI's error ``type`` and ``code`` per HTTP status."""
+EMBEDDINGS_PATH = "/v1/embeddings"
+CHAT_PATH = "/v1/chat/completions"
+
+Messages: TypeAlias = list[dict[str, Any]]
+ChatAnswer: TypeAlias = str | Callable[[Messages], str]
+"""A scripted chat answer: the content itself, or a function of the request's messages."""
+
+
+def default_chat_answer(messages: Messages) -> str:
+    """The stub's answer when nothing is queued: always the move ``attack``."""
+    return '{"move": "attack", "reason": "the stub always attacks"}'
 
 
 def stub_vector(text: str, dim: int) -> np.ndarray:
@@ -66,16 +90,29 @@ class RecordedRequest:
     status: int
     model: str | None
     inputs: tuple[str, ...]
+    path: str = EMBEDDINGS_PATH
+    messages: tuple[dict[str, Any], ...] = ()
+    """Chat requests: the messages sent."""
+    answer: str | None = None
+    """Chat requests answered 200: the content the stub answered."""
+    body: dict[str, Any] | None = None
+    """The request's JSON body as received."""
 
 
 class OpenAIStubServer:
-    """An OpenAI-compatible ``/v1/embeddings`` endpoint on 127.0.0.1, in a background thread."""
+    """OpenAI-compatible ``/v1/embeddings`` and ``/v1/chat/completions`` endpoints on
+    127.0.0.1, in a background thread."""
 
-    def __init__(self, api_key: str = "sk-test", dim: int = 16, port: int = 0) -> None:
+    def __init__(self, api_key: str = "sk-test", dim: int = 16, port: int = 0,
+                 chat_default: Callable[[Messages], str] = default_chat_answer,
+                 chat_delay: float = 0.0) -> None:
         self.api_key = api_key
         self.dim = dim
+        self.chat_default = chat_default
+        self.chat_delay = chat_delay
         self.requests: list[RecordedRequest] = []
         self._failures: deque[int] = deque()
+        self._chat_answers: deque[ChatAnswer] = deque()
         self._lock = threading.Lock()
         self._server = _Server(("127.0.0.1", port), _Handler)
         self._server.stub = self
@@ -89,13 +126,25 @@ class OpenAIStubServer:
 
     @property
     def batch_sizes(self) -> list[int]:
-        """Inputs per answered request, in order."""
-        return [len(r.inputs) for r in self.requests if r.status == 200]
+        """Inputs per answered embeddings request, in order."""
+        return [len(r.inputs) for r in self.requests
+                if r.status == 200 and r.path == EMBEDDINGS_PATH]
+
+    @property
+    def chat_requests(self) -> list[RecordedRequest]:
+        """The chat requests received, in order, whatever their status."""
+        with self._lock:
+            return [r for r in self.requests if r.path == CHAT_PATH]
 
     def fail_next(self, *statuses: int) -> None:
         """Answer the next ``len(statuses)`` requests with these HTTP error statuses."""
         with self._lock:
             self._failures.extend(statuses)
+
+    def queue_chat(self, *answers: ChatAnswer) -> None:
+        """Answer the next successful chat requests with these contents, in order."""
+        with self._lock:
+            self._chat_answers.extend(answers)
 
     def serve_forever(self) -> None:
         """Serve in this thread until interrupted (for running the stub by hand)."""
@@ -117,15 +166,20 @@ class OpenAIStubServer:
         request = _parse(body)
         status, payload = self._respond(path, authorization, request)
         inputs = request.get("input", [])
+        messages = request.get("messages")
+        answer = None
+        if path == CHAT_PATH and status == 200:
+            answer = payload["choices"][0]["message"]["content"]
         with self._lock:
             self.requests.append(RecordedRequest(
                 time.monotonic(), status, request.get("model"),
-                tuple([inputs] if isinstance(inputs, str) else inputs)))
+                tuple([inputs] if isinstance(inputs, str) else inputs), path,
+                tuple(messages) if isinstance(messages, list) else (), answer, request))
         return status, payload
 
     def _respond(self, path: str, authorization: str | None,
                  request: dict[str, Any]) -> tuple[int, Any]:
-        if path != "/v1/embeddings":
+        if path not in (EMBEDDINGS_PATH, CHAT_PATH):
             return _error(404, f"Unknown request URL: POST {path}.")
         if authorization != f"Bearer {self.api_key}":
             return _error(401, "Incorrect API key provided. You can find your API key at "
@@ -134,6 +188,8 @@ class OpenAIStubServer:
             failure = self._failures.popleft() if self._failures else None
         if failure is not None:
             return _error(failure, f"Injected failure {failure}.")
+        if path == CHAT_PATH:
+            return self._chat(request)
         inputs = request.get("input")
         texts = [inputs] if isinstance(inputs, str) else inputs
         if not isinstance(texts, list) or not texts or not all(
@@ -153,6 +209,33 @@ class OpenAIStubServer:
         tokens = sum(len(t.split()) for t in texts)
         return {"object": "list", "data": data, "model": request.get("model"),
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+    def _chat(self, request: dict[str, Any]) -> tuple[int, Any]:
+        messages = request.get("messages")
+        if not isinstance(messages, list) or not messages or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str)
+                and isinstance(m.get("content"), str) for m in messages):
+            return _error(400, "'messages' must be a non-empty list of {role, content} "
+                               "objects with string content.")
+        with self._lock:
+            scripted = self._chat_answers.popleft() if self._chat_answers else None
+        script = self.chat_default if scripted is None else scripted
+        content = script if isinstance(script, str) else script(messages)
+        if self.chat_delay:
+            time.sleep(self.chat_delay)
+        prompt_tokens = sum(len(m["content"].split()) for m in messages)
+        completion_tokens = len(content.split())
+        with self._lock:
+            number = len(self.requests)
+        return 200, {
+            "id": f"chatcmpl-stub-{number}", "object": "chat.completion",
+            "created": int(time.time()), "model": request.get("model"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "finish_reason": "stop", "logprobs": None}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        }
 
 
 def _parse(body: bytes) -> dict[str, Any]:
@@ -198,7 +281,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=16)
     args = parser.parse_args()
     stub = OpenAIStubServer(api_key=args.api_key, dim=args.dim, port=args.port)
-    print(f"OpenAI-compatible embeddings at {stub.base_url} (key {args.api_key})")
+    print(f"OpenAI-compatible embeddings and chat at {stub.base_url} (key {args.api_key})")
     stub.serve_forever()
 
 
