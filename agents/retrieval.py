@@ -614,6 +614,18 @@ class _MemoryBoss:
         self.writer = EpisodeMemoryWriter(memory, embedder, layout=layout,
                                           persona_names=persona_names, config=self.config,
                                           clock=clock)
+        self._start = memory.records()
+
+    def start_fights(self) -> None:
+        """New envs: forget the decisions of fights in progress (they have no return)."""
+        self.writer.reset()
+
+    def forget(self) -> None:
+        """Back to the memory this boss started with (each evaluation starts from it)."""
+        self.memory = EpisodicMemory.from_records(self.memory.config, self._start)
+        self.writer = EpisodeMemoryWriter(self.memory, self.embedder, layout=self.layout,
+                                          persona_names=self.writer.persona_names,
+                                          config=self.config, clock=self.writer.clock)
 
     def features(self, observations: np.ndarray) -> RetrievalFeatures:
         """What the memory says about each move, for raw or augmented observations."""
@@ -715,10 +727,18 @@ class RetrievalPolicyBoss(_MemoryBoss):
                              f"trained on raw observations with SB3BossPolicy.")
         self.policy = SB3BossPolicy(model, name, deterministic=deterministic, seed=seed)
 
-    def select_moves(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
+    def augmented(self, observations: np.ndarray) -> np.ndarray:
+        """Raw (or augmented) observations with the memory's current features appended."""
         raw = raw_observations(observations, self.layout.size)
         features = retrieve(self.memory, self.embedder, raw, self.config)
-        return self.policy.select_moves(np.concatenate([raw, features], axis=1), action_masks)
+        return np.concatenate([raw, features], axis=1)
+
+    def move_values(self, observations: np.ndarray) -> np.ndarray:
+        """The model's action probabilities (Q-values for a DQN), (n, moves), unmasked."""
+        return self.policy.move_values(self.augmented(observations))
+
+    def select_moves(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
+        return self.policy.select_moves(self.augmented(observations), action_masks)
 
 
 __all__ = [

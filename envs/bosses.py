@@ -44,6 +44,22 @@ class BossPolicy(Protocol):
     def select_moves(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray: ...
 
 
+@runtime_checkable
+class AdaptiveBoss(BossPolicy, Protocol):
+    """A boss that keeps learning from the fights it plays, with no gradient steps (e.g. one
+    that writes an episodic memory; agents.retrieval). ``envs.fights.play_fights`` calls
+    ``start_fights`` once, then ``observe`` after every step with what the step returned
+    (``infos``: the vector env's info dict, persona tags as names); evaluations call
+    ``forget`` before each group of fights so every group starts from the same boss."""
+
+    def start_fights(self) -> None: ...
+
+    def observe(self, observations: np.ndarray, moves: np.ndarray, rewards: np.ndarray,
+                dones: np.ndarray, infos: Any, truncated: np.ndarray | None = None) -> object: ...
+
+    def forget(self) -> None: ...
+
+
 SCRIPTED_BOSSES = ("random", "rotation", "reactive")
 """Names :func:`make_boss` accepts."""
 

@@ -13,14 +13,14 @@ of trained bosses share: it steps a :class:`envs.boss_fight.BossFightVectorEnv` 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from envs.boss_fight import BossFightVectorEnv
-from envs.bosses import BossPolicy
+from envs.bosses import AdaptiveBoss, BossPolicy
 from envs.observation import VALUE_SCALES, ObservationLayout, PlayerContext, describe_context
 
 
@@ -81,14 +81,30 @@ def play_fights(boss: BossPolicy, fights: int, *, game: Any, player: Any,
                              fights_per_player=math.ceil(fights / envs))
     observations, _ = env.reset(seed=seed)
     collector = _Collector(env, _quotas(fights, envs), progress)
+    learner = boss if isinstance(boss, AdaptiveBoss) else None
+    if learner is not None:
+        learner.start_fights()
     while not collector.done:
         masks = env.action_masks()
         moves = np.asarray(boss.select_moves(observations, masks.copy()), dtype=np.int64)
         collector.count(moves, masks, boss.name)
-        observations, _, terminated, _, info = env.step(moves)
+        chosen_on = observations
+        observations, rewards, terminated, truncated, info = env.step(moves)
+        if learner is not None:
+            learner.observe(chosen_on, moves, rewards, terminated | truncated,
+                            _with_persona_names(info, env.persona_names), truncated)
         if "final_info" in info:
             collector.collect(info, terminated)
     return collector.results
+
+
+def _with_persona_names(info: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """The step's info with ``final_info["persona"]`` as names (memories are tagged by name)."""
+    if "final_info" not in info:
+        return info
+    final = dict(info["final_info"])
+    final["persona"] = np.asarray(names)[np.asarray(final["persona"], dtype=np.int64)]
+    return {**info, "final_info": final}
 
 
 def _quotas(fights: int, envs: int) -> np.ndarray:

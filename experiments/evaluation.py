@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from envs.bosses import BossPolicy
+from envs.bosses import AdaptiveBoss, BossPolicy
 from envs.engagement import EXPLOIT_SHARE, summarize_fights
 from envs.fights import FightResult, play_fights
 from envs.game import GameDefinition
@@ -98,6 +98,8 @@ def evaluate_boss(boss: BossPolicy, game: GameDefinition, personas: Sequence[str
     rows = []
     for persona in personas:
         for level in levels:
+            if isinstance(boss, AdaptiveBoss):
+                boss.forget()
             results = play_fights(boss, fights, game=game, player=persona, difficulty=level,
                                   series=series, seed=seed)
             summary = summarize_fights(results, game.difficulty_levels[level], game.move_names)

@@ -40,7 +40,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium
 import hydra
@@ -72,9 +72,13 @@ from agents.config import (
 )
 from agents.factory import load_agent, make_agent
 from agents.policy import SB3BossPolicy
+from agents.rag_setup import RagConfig, memory_boss, new_memory
+from agents.retrieval import MemoryWritingCallback, RetrievalVecEnv, writer_for
 from agents.vec_env import BossFightVecEnv
 from envs.boss_fight import OBJECTIVES
+from envs.bosses import BossPolicy
 from envs.game import GameDefinition, load_game
+from envs.observation import ObservationLayout
 from envs.persona import available_players, load_players
 from envs.replay import record_fight
 from experiments import sweep, tracking
@@ -86,6 +90,8 @@ from experiments.evaluation import (
     save_evaluation,
 )
 from experiments.tournament import check_choices, interactive
+from rag.embedders import Embedder
+from rag.memory import EpisodicMemory
 
 matplotlib.use("Agg")  # files only, no display; chosen before pyplot is imported
 import matplotlib.pyplot as plt
@@ -94,6 +100,9 @@ REPLAY_ENV_ID = "bosslab/BossFight-v0"
 OBJECTIVE_SCORES = {"engagement": "engagement_score", "defeat": "boss_win_rate"}
 """The evaluation column each objective is scored by (mean over personas): the run's
 ``score`` metric and what ``main`` returns to a sweeper."""
+MEMORY_DIR = "memory"
+"""Artifact folder of the episodic memory after training (rag=...); checkpoints/memory holds
+the one saved with the latest checkpoint."""
 CURVES = ("fights/episode_return", "fights/engagement_score", "fights/player_win_rate",
           "fights/duration_seconds")
 
@@ -128,6 +137,8 @@ class TrainConfig:
     """How long to train (group ``budget``)."""
     tracking: tracking.TrackingConfig = field(default_factory=tracking.TrackingConfig)
     """Where MLflow records the run (group ``tracking``)."""
+    rag: RagConfig = field(default_factory=RagConfig)
+    """The episodic memory (group ``rag``: none, episodic, blend, memory_only)."""
     seed: int = 0
     """Seeds envs, agent and evaluation: same config and seed, same evaluation table."""
     num_envs: int | None = None
@@ -216,6 +227,7 @@ def validate(config: TrainConfig, game: GameDefinition) -> None:
         check_choices("difficulty", [config.difficulty.level], list(game.difficulty_levels),
                       "difficulty.level", f"game {game.name!r} has", listed=False)
     check_choices("persona", config.eval.personas, available_players(), "eval.personas")
+    config.rag.validate(config.agent.algo)
     _validate_agent_budget(config)
 
 
@@ -280,17 +292,43 @@ def env_kwargs(config: TrainConfig, game: GameDefinition) -> dict[str, Any]:
             "fights_per_player": config.fights_per_player}
 
 
-def make_env(config: TrainConfig, game: GameDefinition, seed: int) -> BossFightVecEnv:
-    """The batched training envs, seeded."""
-    return BossFightVecEnv(num_envs(config), seed=seed, **env_kwargs(config, game))
+def make_env(config: TrainConfig, game: GameDefinition, seed: int,
+             memory: TrainingMemory | None = None) -> BossFightVecEnv | RetrievalVecEnv:
+    """The batched training envs, seeded; with rag=episodic, with the retrieval features."""
+    env = BossFightVecEnv(num_envs(config), seed=seed, **env_kwargs(config, game))
+    if memory is None or config.rag.mode != "episodic":
+        return env
+    return RetrievalVecEnv(env, memory.memory, memory.embedder, config.rag.retrieval())
 
 
-def build_model(config: TrainConfig, game: GameDefinition, work: Path) -> BaseAlgorithm:
+class TrainingMemory(NamedTuple):
+    """The episodic memory a run writes (rag=...), and the embedder of its keys."""
+
+    memory: EpisodicMemory
+    embedder: Embedder
+
+
+def build_memory(config: TrainConfig, game: GameDefinition,
+                 work: Path) -> TrainingMemory | None:
+    """None without rag; else a new memory, or the resumed run's checkpointed one."""
+    if not config.rag.enabled:
+        return None
+    memory, embedder = new_memory(config.rag, ObservationLayout.for_game(game))
+    if config.resume is not None:
+        saved = tracking.download(config.resume, f"{tracking.CHECKPOINT_DIR}/{MEMORY_DIR}",
+                                  work)
+        memory = EpisodicMemory.load(saved)
+    return TrainingMemory(memory, embedder)
+
+
+def build_model(config: TrainConfig, game: GameDefinition, work: Path,
+                memory: TrainingMemory | None = None) -> BaseAlgorithm:
     """A new agent, or the resumed run's last checkpoint with fresh (re-seeded) envs."""
     if config.resume is None:
-        return make_agent(config.agent, make_env(config, game, config.seed), config.seed)
+        return make_agent(config.agent, make_env(config, game, config.seed, memory),
+                          config.seed)
     checkpoint, step = tracking.latest_checkpoint(config.resume, work)
-    model = load_agent(checkpoint, env=make_env(config, game, config.seed + step))
+    model = load_agent(checkpoint, env=make_env(config, game, config.seed + step, memory))
     print(f"Resuming from {checkpoint.name} at {model.num_timesteps} env steps.")
     return model
 
@@ -298,39 +336,51 @@ def build_model(config: TrainConfig, game: GameDefinition, work: Path) -> BaseAl
 # --- training --------------------------------------------------------------------------
 
 
-def save_checkpoint(work: Path) -> Any:
-    """A ``save(model, step)`` that logs the model as ``checkpoints/step_<n>.zip``."""
+def save_checkpoint(work: Path, memory: TrainingMemory | None = None) -> Any:
+    """A ``save(model, step)`` that logs the model as ``checkpoints/step_<n>.zip`` (and the
+    memory as ``checkpoints/memory``, replaced each time)."""
 
     def save(model: BaseAlgorithm, step: int) -> None:
         path = work / Path(tracking.checkpoint_name(step)).name
         model.save(path)
         mlflow.log_artifact(str(path), artifact_path=tracking.CHECKPOINT_DIR)
         path.unlink()
+        if memory is not None:
+            saved = memory.memory.save(work / "checkpoint_memory")
+            mlflow.log_artifacts(str(saved), f"{tracking.CHECKPOINT_DIR}/{MEMORY_DIR}")
 
     return save
 
 
-def training_callbacks(config: TrainConfig, work: Path) -> list[BaseCallback]:
-    return [
+def training_callbacks(config: TrainConfig, work: Path, model: BaseAlgorithm,
+                       memory: TrainingMemory | None) -> list[BaseCallback]:
+    callbacks: list[BaseCallback] = [
         FightMetricsCallback(tracking.log_metrics, config.log_every, config.metrics_window),
-        CheckpointCallback(save_checkpoint(work), config.checkpoint_every),
+        CheckpointCallback(save_checkpoint(work, memory), config.checkpoint_every),
         ProgressBarCallback(config.budget.total_timesteps, enabled=interactive()),
     ]
+    if memory is not None:
+        env = model.get_env()
+        assert env is not None
+        writer = writer_for(env, memory.memory, memory.embedder, config.rag.retrieval())
+        callbacks.append(MemoryWritingCallback(writer))
+    return callbacks
 
 
 def train(model: BaseAlgorithm, config: TrainConfig, work: Path,
-          extra_callbacks: Sequence[BaseCallback] = ()) -> bool:
+          extra_callbacks: Sequence[BaseCallback] = (),
+          memory: TrainingMemory | None = None) -> bool:
     """Train to the budget; returns False if interrupted (Ctrl-C), after a checkpoint."""
     model.set_logger(Logger(folder=None, output_formats=[
         LoggerForwarder(tracking.log_metrics, config.log_every)]))
-    callbacks = [*training_callbacks(config, work), *extra_callbacks]
+    callbacks = [*training_callbacks(config, work, model, memory), *extra_callbacks]
     remaining = config.budget.total_timesteps - model.num_timesteps
     try:
         if remaining > 0:
             model.learn(remaining, callback=callbacks, reset_num_timesteps=False,
                         progress_bar=False)
     except KeyboardInterrupt:
-        save_checkpoint(work)(model, model.num_timesteps)
+        save_checkpoint(work, memory)(model, model.num_timesteps)
         mlflow.set_tags({"interrupted": "true",
                          "interrupted_at_step": str(model.num_timesteps)})
         return False
@@ -342,7 +392,7 @@ def train(model: BaseAlgorithm, config: TrainConfig, work: Path,
 # --- evaluation and artifacts -------------------------------------------------------------
 
 
-def evaluate(policy: SB3BossPolicy, game: GameDefinition, config: TrainConfig) -> pd.DataFrame:
+def evaluate(policy: BossPolicy, game: GameDefinition, config: TrainConfig) -> pd.DataFrame:
     """The trained boss against every persona: one row per persona (x level).
 
     Fights are at the training level; a boss trained at every level (difficulty=all) is
@@ -371,7 +421,7 @@ def plot_learning_curve(history: dict[str, list[tuple[int, float]]], path: Path,
     return path
 
 
-def save_replay(policy: SB3BossPolicy, game: GameDefinition, config: TrainConfig,
+def save_replay(policy: BossPolicy, game: GameDefinition, config: TrainConfig,
                 out: Path) -> Path:
     """One evaluation fight (first persona, training level) as a self-contained HTML page."""
     persona = config.eval.personas[0]
@@ -381,11 +431,12 @@ def save_replay(policy: SB3BossPolicy, game: GameDefinition, config: TrainConfig
     moves = game.move_names
 
     def values(observation: Any, mask: Any) -> dict[str, Any]:
-        row = policy.move_values(observation[None])[0]
+        row = policy.move_values(observation[None])[0]  # type: ignore[attr-defined]
         return {"values": {m: float(v) for m, v in zip(moves, row, strict=True)}}
 
     try:
-        replay = record_fight(env, policy, seed=config.seed, extras=values)
+        replay = record_fight(env, policy, seed=config.seed,
+                              extras=values if hasattr(policy, "move_values") else None)
     finally:
         env.close()
     return replay.save_html(out / f"replay_{persona}.html")
@@ -403,13 +454,28 @@ def record_setup(cfg: DictConfig, config: TrainConfig, game: GameDefinition,
                      "algo": config.agent.algo, "interrupted": "false"})
 
 
+def trained_boss(model: BaseAlgorithm, game: GameDefinition, config: TrainConfig,
+                 memory: TrainingMemory | None) -> BossPolicy:
+    """The boss the run trained: the model alone, or with its memory (rag=...)."""
+    if memory is None:
+        return SB3BossPolicy(model, name=config.agent.algo, seed=config.seed)
+    return memory_boss(config.rag, model, memory.memory, memory.embedder,
+                       ObservationLayout.for_game(game),
+                       name=f"{config.agent.algo}+{config.rag.mode}", seed=config.seed)
+
+
 def record_results(model: BaseAlgorithm, game: GameDefinition, config: TrainConfig,
-                   run_id: str, work: Path) -> pd.DataFrame:
-    """Model, evaluation (table and metrics), learning curve and replay, as artifacts."""
+                   run_id: str, work: Path,
+                   memory: TrainingMemory | None = None) -> pd.DataFrame:
+    """Model (and memory), evaluation (table and metrics), learning curve and replay."""
     model_path = work / "model.zip"
     model.save(model_path)
     mlflow.log_artifact(str(model_path), artifact_path="model")
-    policy = SB3BossPolicy(model, name=config.agent.algo, seed=config.seed)
+    if memory is not None:
+        mlflow.log_artifacts(str(memory.memory.save(work / MEMORY_DIR)), MEMORY_DIR)
+        tracking.log_metrics({"memory/entries": float(len(memory.memory))},
+                             model.num_timesteps)
+    policy = trained_boss(model, game, config, memory)
     table = evaluate(policy, game, config)
     title = (f"{config.agent.algo} on {game.name} ({config.objective.name}), "
              f"{model.num_timesteps} env steps: {config.eval.fights} fights per persona")
@@ -453,11 +519,12 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[BaseCallback] = ()) -> TrainR
             run_id = active.info.run_id
             if config.resume is None:
                 record_setup(cfg, config, game, work)
-            model = build_model(config, game, work)
-            if not train(model, config, work, extra_callbacks):
+            memory = build_memory(config, game, work)
+            model = build_model(config, game, work, memory)
+            if not train(model, config, work, extra_callbacks, memory):
                 tracking.finish("KILLED")
                 return TrainResult(run_id, model.num_timesteps, interrupted=True)
-            table = record_results(model, game, config, run_id, work)
+            table = record_results(model, game, config, run_id, work, memory)
             score = objective_score(table, config.objective.name)
             tracking.log_metrics({sweep.SCORE_METRIC: score}, model.num_timesteps)
             mlflow.set_tag("interrupted", "false")

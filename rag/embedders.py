@@ -629,9 +629,10 @@ class _DiskCache:
 # ---------------------------------------------------------------------------- config
 
 
-@dataclass(frozen=True)
+@dataclass
 class EmbedderConfig:
-    """How memory keys are made: the schema of an ``embedder`` config group."""
+    """How memory keys are made: the schema of an ``embedder`` config group (not frozen:
+    Hydra composes it)."""
 
     kind: str = "numeric"
     """One of EMBEDDER_KINDS: numeric (default, no dependencies), sentence_transformer (an

@@ -20,6 +20,7 @@ from agents.callbacks import StepTrigger
 from agents.config import AGENT_CONFIGS, ALGORITHMS
 from agents.factory import algorithm_of, make_agent
 from agents.policy import SB3BossPolicy, load_policy
+from agents.rag_setup import RAG_MODES
 from agents.vec_env import BossFightVecEnv
 from envs.fights import play_fights
 from envs.game import load_game
@@ -77,6 +78,7 @@ def artifacts(run_id: str, folder: str | None = None) -> set[str]:
     ("tracking", "server", "tracking.uri", None),
     ("player", "dodger", "player.name", "dodger"),
     ("game", "dragon_keep", "game.name", "dragon_keep"),
+    *[("rag", mode, "rag.mode", mode) for mode in RAG_MODES],
 ])
 def test_every_group_option_composes(group: str, option: str, key: str, value: Any) -> None:
     cfg = compose_train([f"{group}={option}"])
@@ -279,3 +281,51 @@ def test_same_seed_gives_the_same_evaluation_table(store: list[str]) -> None:
     assert first.run_id != second.run_id
     assert first.evaluation is not None and second.evaluation is not None
     pd.testing.assert_frame_equal(first.evaluation, second.evaluation)
+
+
+# --- with an episodic memory (rag=...) ------------------------------------------------------
+
+MEMORY_FILES = {"memory/memory.json", "memory/entries.npz"}
+
+
+@pytest.mark.parametrize(("mode", "algo"), [("episodic", "ppo"), ("blend", "dqn"),
+                                            ("memory_only", "ppo")])
+def test_a_memory_run_writes_the_memory_and_plays_with_it(mode: str, algo: str,
+                                                          store: list[str],
+                                                          tmp_path: Path) -> None:
+    ppo_keys = PPO_TINY if algo == "ppo" else []
+    result = train.run(compose_train([*TINY, *ppo_keys, *store, f"agent={algo}",
+                                      f"rag={mode}", "rag.capacity=5000"]))
+    assert not result.interrupted and result.evaluation is not None
+    run = MlflowClient().get_run(result.run_id)
+    # Every decision of every fight that ended while training is remembered.
+    entries = run.data.metrics["memory/entries"]
+    assert 500 < entries <= 2048
+    found = artifacts(result.run_id)
+    assert found >= ARTIFACTS | MEMORY_FILES
+    assert set(result.evaluation["boss"]) == {f"{algo}+{mode}"}
+    model = load_policy(mlflow.artifacts.download_artifacts(
+        run_id=result.run_id, artifact_path="model/model.zip", dst_path=str(tmp_path))).model
+    extra = 3 * 3 if mode == "episodic" else 0  # value, count, distance per move
+    assert model.observation_space.shape == (43 + extra,)
+
+
+def test_blending_needs_a_dqn() -> None:
+    config = train.typed_config(compose_train([*SMOKE, "rag=blend"]))
+    with pytest.raises(ValueError, match=r"rag=blend .* needs agent=dqn .* use rag=episodic"):
+        train.validate(config, load_game("duel"))
+
+
+def test_a_resumed_memory_run_continues_its_memory(store: list[str]) -> None:
+    overrides = [*SMOKE, *store, "rag=episodic", "checkpoint_every=100000"]
+    interrupted = train.run(compose_train(overrides), extra_callbacks=[InterruptAt(1000)])
+    assert interrupted.interrupted
+    assert {p.replace("checkpoints/", "") for p in
+                            artifacts(interrupted.run_id, "checkpoints")} >= MEMORY_FILES
+    resumed = train.run(compose_train([*store, f"resume={interrupted.run_id}"]))
+    assert not resumed.interrupted
+    history = MlflowClient().get_metric_history(resumed.run_id, "memory/size")
+    # The memory grew from where the interrupted part left it, not from empty.
+    before = [m.value for m in history if m.step <= interrupted.steps]
+    after = [m.value for m in history if m.step > interrupted.steps]
+    assert before and after and min(after) >= max(before) > 0
