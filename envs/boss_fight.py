@@ -114,6 +114,7 @@ from envs.kernel import (
     FightState,
     StepResult,
     context,
+    draw_players,
     legal_moves,
     start_fights,
     start_players,
@@ -321,6 +322,18 @@ class BossFightVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
             observations[index] = self._observe_rows(index)
         return (observations, result.reward.astype(np.float64), result.terminated.copy(),
                 truncated & ~result.terminated, infos)
+
+    def switch_style(self, player: Any, index: np.ndarray | None = None) -> None:
+        """The players of ``index`` (default: all) change style mid-series: from now on they
+        play as ``player`` (a persona or population, drawn with its jitter), while what the
+        game observed of them and what they learnt of the boss carry on. Their fights are
+        tagged with the new persona (its names are appended to ``persona_names``). Players
+        who start a new series later are drawn from the env's own ``player`` again."""
+        pool = load_players(player)
+        rows = np.arange(self.num_envs) if index is None else np.asarray(index, dtype=np.int64)
+        offset = len(self.persona_names)
+        self.persona_names = (*self.persona_names, *pool.names)
+        draw_players(self._state, rows, pool, self.setup.game.player, self.np_random, offset)
 
     def _observe_rows(self, index: np.ndarray) -> np.ndarray:
         """Observations of the envs in ``index`` only."""

@@ -162,11 +162,11 @@ class _Names:
     """Turns the indices in ``final_info`` into names, and observations into contexts."""
 
     def __init__(self, env: BossFightVectorEnv) -> None:
-        self.personas = env.persona_names
+        self.env = env  # its persona_names grow when players switch style
         self.layout = env.layout
 
     def persona(self, index: Any) -> str:
-        return self.personas[int(index)]
+        return self.env.persona_names[int(index)]
 
     def difficulty(self, index: Any) -> str:
         return self.layout.difficulty_levels[int(index)]

@@ -203,6 +203,22 @@ def start_players(s: FightState, index: np.ndarray, pool: PlayerPool, rules: Pla
     count = len(index)
     if count == 0:
         return
+    draw_players(s, index, pool, rules, rng)
+    zeros = np.zeros(count)
+    s.assign(index, share_total=zeros, dodge_rate=zeros, seen_reaction=np.full(count, 0.5),
+             session_seconds=zeros, fights=zeros, history=zeros.astype(int))
+    s.clear(index, "shares", "patterns", "knowledge", "knowledge_total", "habits",
+            "habits_total")
+
+
+def draw_players(s: FightState, index: np.ndarray, pool: PlayerPool, rules: PlayerRules,
+                 rng: np.random.Generator, persona_offset: int = 0) -> None:
+    """Give the players of ``index`` parameters drawn from ``pool`` and nothing else: what the
+    game observed of them and what they learnt of the boss stay (a player changing style).
+    Their persona index is ``persona_offset`` plus the index in ``pool``."""
+    count = len(index)
+    if count == 0:
+        return
     persona, values = pool.sample(rng, count)
     player = np.empty((count, len(PLAYER_FIELDS)))
     player[:, :len(PARAMETERS)] = values
@@ -211,13 +227,8 @@ def start_players(s: FightState, index: np.ndarray, pool: PlayerPool, rules: Pla
     for name, derived in _derived(params, rules).items():
         params[name][:] = derived
     s.assign_player(index, player)
-    zeros = np.zeros(count)
-    s.assign(index, persona=persona,
-             range_keeper=2 * (params["preferred_range"] > rules.melee_reach + 0.5),
-             share_total=zeros, dodge_rate=zeros, seen_reaction=np.full(count, 0.5),
-             session_seconds=zeros, fights=zeros, history=zeros.astype(int))
-    s.clear(index, "shares", "patterns", "knowledge", "knowledge_total", "habits",
-            "habits_total")
+    s.assign(index, persona=persona + persona_offset,
+             range_keeper=2 * (params["preferred_range"] > rules.melee_reach + 0.5))
 
 
 def _derived(params: dict[str, np.ndarray], rules: PlayerRules) -> dict[str, np.ndarray]:

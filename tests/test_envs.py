@@ -389,3 +389,31 @@ def test_known_answer_boss_wins_only_with_the_finisher(player: str) -> None:
     never = _fight_outcomes(player, lambda step: ("taunt", "wait")[step % 2], 20)
     assert "boss" not in never
     assert set(never) <= {"player", "timeout"}
+
+
+def test_a_player_switching_style_keeps_their_history_and_plays_the_new_persona() -> None:
+    env = BossFightVectorEnv(num_envs=64, player="turtle", objective="engagement",
+                             difficulty="normal", fights_per_player=1000)
+    env.reset(seed=4)
+    rng = np.random.default_rng(4)
+    fights = 0
+    while fights < 128:  # two fights per player as the turtle
+        _, _, terminated, truncated, _ = env.step(rng.integers(0, 3, size=64))
+        fights += int((terminated | truncated).sum())
+    state = env._state
+    history, played = state.history.copy(), state.fights.copy()
+    assert played.sum() >= 128
+    env.switch_style("dodger", index=np.arange(32))
+    assert env.persona_names == ("turtle", "dodger")
+    dodge = state.params["dodge_frequency"]
+    assert (dodge[:32] > 0.7).all() and (dodge[32:] < 0.3).all()  # dodger 0.85, turtle low
+    np.testing.assert_array_equal(state.history, history)  # what the game saw of them stays
+    np.testing.assert_array_equal(state.fights, played)
+    tags: set[tuple[int, str]] = set()
+    for _ in range(200):
+        _, _, terminated, truncated, info = env.step(rng.integers(0, 3, size=64))
+        if "final_info" in info:
+            ended = np.flatnonzero(info["_final_info"])
+            tags |= {(int(i) < 32, env.persona_names[int(info["final_info"]["persona"][i])])
+                     for i in ended}
+    assert tags == {(True, "dodger"), (False, "turtle")}
