@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -46,6 +46,10 @@ class FightResult:
     """How many times the boss chose each move, in the game's move order."""
     observed: PlayerContext
     """What the game had observed of the player at the fight's end (the player context)."""
+    player: int = 0
+    """Which of the players fighting side by side (the env index) fought it."""
+    series_fight: int = 0
+    """Its place in that player's series: 0 for their first fight."""
 
     @property
     def decisions(self) -> int:
@@ -60,7 +64,8 @@ class FightResult:
 def play_fights(boss: BossPolicy, fights: int, *, game: Any, player: Any,
                 difficulty: str | None = None, environment: str | None = None,
                 objective: str = "engagement", series: int = 8, seed: int = 0,
-                progress: Callable[[int], object] | None = None) -> list[FightResult]:
+                progress: Callable[[int], object] | None = None,
+                switch: StyleSwitch | None = None) -> list[FightResult]:
     """Play exactly ``fights`` fights of ``boss`` against ``player``; same seed, same results.
 
     ``series`` players (envs) fight side by side, each playing a series of up to
@@ -70,6 +75,10 @@ def play_fights(boss: BossPolicy, fights: int, *, game: Any, player: Any,
     ``fights`` to end. ``game``, ``player``, ``difficulty``, ``environment`` and ``objective``
     are the env's arguments (:class:`envs.boss_fight.BossFightEnv`); ``progress`` is called
     with the number of fights just collected. Results come in the order the fights ended.
+
+    ``switch`` makes every player change style once, after their ``switch.after``-th fight
+    (:meth:`envs.boss_fight.BossFightVectorEnv.switch_style`). An
+    :class:`envs.bosses.AdaptiveBoss` is told every step's outcome (``observe``).
     """
     if fights < 1:
         raise ValueError(f"fights must be >= 1, got {fights}.")
@@ -94,8 +103,17 @@ def play_fights(boss: BossPolicy, fights: int, *, game: Any, player: Any,
             learner.observe(chosen_on, moves, rewards, terminated | truncated,
                             _with_persona_names(info, env.persona_names), truncated)
         if "final_info" in info:
-            collector.collect(info, terminated)
+            switching = collector.collect(info, terminated, switch)
+            if switch is not None and len(switching):
+                env.switch_style(switch.player, switching)
     return collector.results
+
+
+class StyleSwitch(NamedTuple):
+    """Players change style mid-series: after their ``after``-th fight they play ``player``."""
+
+    after: int
+    player: Any
 
 
 def _with_persona_names(info: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
@@ -136,7 +154,9 @@ class _Collector:
                              f"{masks.tolist()}: a BossPolicy must return one legal move per env.")
         self.moves_used[rows, moves] += 1
 
-    def collect(self, info: dict[str, Any], terminated: np.ndarray) -> None:
+    def collect(self, info: dict[str, Any], terminated: np.ndarray,
+                switch: StyleSwitch | None = None) -> np.ndarray:
+        """Record the wanted fights that ended; returns the envs whose players switch now."""
         final = info["final_info"]
         ended = np.flatnonzero(info["_final_info"])
         wanted = ended[self.taken[ended] < self.quotas[ended]]
@@ -151,11 +171,16 @@ class _Collector:
                 hp_margin=float(final["hp_margin"][i]),
                 moves_used=tuple(int(c) for c in self.moves_used[i]),
                 observed=self.names.observed(info["final_obs"][i]),
+                player=int(i),
+                series_fight=int(self.taken[i]),
             ))
         self.taken[wanted] += 1
         self.moves_used[ended] = 0
         if self.progress is not None and len(wanted):
             self.progress(len(wanted))
+        if switch is None:
+            return wanted[:0]
+        return wanted[self.taken[wanted] == switch.after]
 
 
 class _Names:

@@ -14,7 +14,7 @@ from envs.bosses import (
     masked_argmax,
     masked_sample,
 )
-from envs.fights import FightResult, play_fights
+from envs.fights import FightResult, StyleSwitch, play_fights
 from envs.game import GameDefinition, load_game
 from envs.observation import BossState, ObservationLayout, PlayerContext, Situation
 
@@ -199,6 +199,19 @@ def test_play_fights_returns_exactly_n_deterministic_results() -> None:
         assert -1.0 <= result.hp_margin <= 1.0
         assert result.observed.movement_style in ("aggressive", "defensive", "balanced",
                                                   "evasive")
+
+
+def test_play_fights_numbers_each_players_series_and_switches_style_on_time() -> None:
+    results = play_fights(make_boss("random", DUEL, seed=0), 24, game="duel", player="turtle",
+                          difficulty="normal", series=4, seed=2,
+                          switch=StyleSwitch(after=3, player="dodger"))
+    by_player: dict[int, list[FightResult]] = {}
+    for result in results:
+        by_player.setdefault(result.player, []).append(result)
+    assert sorted(by_player) == [0, 1, 2, 3]
+    for fights in by_player.values():
+        assert [f.series_fight for f in fights] == list(range(6))
+        assert [f.persona for f in fights] == ["turtle"] * 3 + ["dodger"] * 3
 
 
 def test_play_fights_handles_fewer_fights_than_series_and_rejects_bad_counts() -> None:
