@@ -16,7 +16,6 @@ from typing import Any
 import gymnasium
 import numpy as np
 import pytest
-import torch
 import yaml
 from gymnasium import spaces
 from sb3_contrib import MaskablePPO
@@ -43,13 +42,7 @@ FIGHT_ENDS = ("player_won", "fight_seconds", "hp_margin", "persona", "difficulty
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny networks train faster on one thread, and pytest -n 2 runs two of us."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def short_duel(max_fight_seconds: float) -> dict[str, Any]:
