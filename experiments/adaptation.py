@@ -101,7 +101,7 @@ from tqdm import tqdm
 
 from agents.config import DifficultyConfig
 from agents.factory import load_agent
-from agents.llm_boss import LLMConfig, llm_baseline, llm_status
+from agents.llm_boss import LLMBoss, LLMConfig, llm_baseline, llm_status
 from agents.policy import SB3BossPolicy
 from agents.rag_setup import RagConfig, memory_boss
 from envs.bosses import BossPolicy
@@ -123,6 +123,7 @@ from experiments.adaptation_metrics import (
     win_rate_error,
 )
 from experiments.compose import compose_config
+from experiments.llm_log import log_llm_calls
 from experiments.tournament import check_choices, hydra_output_dir, interactive, markdown_table
 from rag.embedders import make_embedder
 from rag.memory import EpisodicMemory
@@ -545,6 +546,16 @@ def build_boss(variant: Variant, trained: Trained | None, plan: Plan, seed: int)
                        name=variant.name, seed=seed)
 
 
+def record_llm_calls(boss: LLMBoss, parent_run_id: str, name: str) -> None:
+    """Every chat call of one series (prompt, answer, latency, tokens) into the parent run:
+    ``llm/<name>/calls.jsonl`` and metrics ``llm/<name>/...``."""
+    mlflow.start_run(run_id=parent_run_id)
+    try:
+        log_llm_calls(boss.calls, artifact_dir=f"llm/{name}", prefix=f"llm/{name}/")
+    finally:
+        mlflow.end_run(status="RUNNING")  # the parent goes on; run() ends it
+
+
 def play_series(boss: BossPolicy, plan: Plan, seed: int, kind: str) -> np.ndarray:
     """One series (``adaptation`` or ``switch``) of every player; returns the win curve."""
     config = plan.config
@@ -622,6 +633,8 @@ def run_seed(plan: Plan, seed: int, parent_run_id: str, work: Path, tasks: Tasks
             with tasks.task(f"{variant.name} {kind}", seed, results):
                 boss = build_boss(variant, run, plan, seed)
                 curves[kind] = play_series(boss, plan, seed, kind)
+                if isinstance(boss, LLMBoss):
+                    record_llm_calls(boss, parent_run_id, f"seed_{seed}_{kind}")
             frames.append(curve_frame(seed, variant.name, kind, curves[kind],
                                       plan.config.window))
         rows.append({"seed": seed, "variant": variant.name,

@@ -60,9 +60,10 @@ def llm_metrics(calls: Sequence[LLMCall], prefix: str = "llm/") -> dict[str, flo
     return {f"{prefix}{name}": float(value) for name, value in metrics.items()}
 
 
-def log_llm_calls(calls: Sequence[LLMCall], artifact_dir: str = "llm") -> dict[str, float]:
-    """Write ``calls`` as ``<artifact_dir>/calls.jsonl`` and their metrics to the active run;
-    returns the metrics."""
+def log_llm_calls(calls: Sequence[LLMCall], artifact_dir: str = "llm",
+                  prefix: str = "llm/") -> dict[str, float]:
+    """Write ``calls`` as ``<artifact_dir>/calls.jsonl`` and their metrics (named
+    ``<prefix><metric>``) to the active run; returns the metrics."""
     if mlflow.active_run() is None:
         raise ValueError("log_llm_calls needs an active MLflow run: call it inside "
                          "experiments.tracking.open_run(...) (or mlflow.start_run()).")
@@ -72,6 +73,6 @@ def log_llm_calls(calls: Sequence[LLMCall], artifact_dir: str = "llm") -> dict[s
             for call in calls:
                 file.write(json.dumps(call.to_json(), ensure_ascii=False) + "\n")
         mlflow.log_artifact(str(path), artifact_path=artifact_dir)
-    metrics = llm_metrics(calls)
+    metrics = llm_metrics(calls, prefix)
     mlflow.log_metrics(metrics)
     return metrics

@@ -28,6 +28,7 @@ from experiments.adaptation_metrics import (
     win_rate_error,
 )
 from experiments.compose import compose_config
+from tests.openai_stub_server import OpenAIStubServer
 
 BAND = Band(0.5, 0.1)
 TINY = ["ppo_steps=2048", "dqn_steps=2048", "train_eval_fights=2",
@@ -252,6 +253,26 @@ def test_tiny_run_reports_every_variant_and_logs_a_parent(store: list[str],
     assert all(c.data.tags[adaptation.PARENT_TAG] == result.parent_run_id
                and c.info.status == "FINISHED" for c in children)
     assert set(result.per_seed["run_id"]) == {c.info.run_id for c in children}
+
+
+def test_the_llm_variant_plays_through_a_chat_server_and_logs_every_call(
+        store: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BOSSLAB_TEST_KEY", "sk-adaptation")
+    with OpenAIStubServer(api_key="sk-adaptation") as server:
+        result = adaptation.run(compose([
+            *store, *TINY, "seeds=[0]", "variants=[llm]", f"llm.base_url={server.base_url}",
+            "llm.model=stub-chat", "llm.api_key_env=BOSSLAB_TEST_KEY", "+llm.cache_path=null"]),
+            tmp_path)
+        requests = len(server.chat_requests)
+    assert list(result.summary["variant"]) == ["llm"] and requests > 0
+    client = MlflowClient()
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert not parent.data.tags.get("llm_note", "").startswith("LLM baseline skipped")
+    found = artifacts(result.parent_run_id, "llm")
+    assert found == {"llm/seed_0_adaptation/calls.jsonl", "llm/seed_0_switch/calls.jsonl"}
+    calls = parent.data.metrics["llm/seed_0_adaptation/calls"]
+    assert calls >= 4 * 6 and parent.data.metrics["llm/seed_0_adaptation/requests"] > 0
 
 
 def test_ctrl_c_in_a_training_stops_and_ends_the_parent_killed(
