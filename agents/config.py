@@ -36,6 +36,10 @@ class PolicyKwargs:
     """Hidden layer sizes (the same for the actor and the critic / the Q-network)."""
     activation_fn: str = "tanh"
     """Activation between hidden layers: one of ACTIVATIONS."""
+    habit_weight: float | None = None
+    """null: SB3's MlpPolicy. A number (actor-critic agents): agents.habit_policy's policy, whose
+    move logits also get a learnable linear map of the boss's move habits, initialized to
+    -habit_weight * identity (players who learn patterns punish habitual moves)."""
 
 
 @dataclass
@@ -84,6 +88,10 @@ class AgentConfig:
             raise ValueError(f"agent.policy_kwargs.net_arch must list positive layer sizes, "
                              f"got {self.policy_kwargs.net_arch}: e.g. "
                              f"agent.policy_kwargs.net_arch=[64,64].")
+        if self.policy_kwargs.habit_weight is not None and self.algo == "dqn":
+            raise ValueError("agent.policy_kwargs.habit_weight is for actor-critic agents (ppo, "
+                             "maskable_ppo, a2c): set agent.policy_kwargs.habit_weight=null "
+                             "for dqn.")
         if self.policy_kwargs.activation_fn not in ACTIVATIONS:
             raise ValueError(f"agent.policy_kwargs.activation_fn="
                              f"{self.policy_kwargs.activation_fn!r} is unknown: use one of "
@@ -233,6 +241,9 @@ class ObjectiveConfig:
 
     name: str = MISSING
     """``engagement`` (fights that feel the way the designer asked) or ``defeat``."""
+    episode: str = "fight"
+    """What ends an episode for the learner: ``fight`` or ``series`` (a player's whole series,
+    so a move is credited with what it does to later fights: players learn patterns)."""
 
 
 @dataclass

@@ -16,11 +16,13 @@ from sb3_contrib import MaskablePPO
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3 import A2C, DQN, PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.save_util import load_from_zip_file
 from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.dqn.policies import DQNPolicy
 
 from agents.config import AgentConfig
+from agents.habit_policy import HabitAwarePolicy, MaskableHabitAwarePolicy
 
 ALGORITHM_CLASSES: dict[str, type[BaseAlgorithm]] = {
     "ppo": PPO, "maskable_ppo": MaskablePPO, "dqn": DQN, "a2c": A2C,
@@ -37,10 +39,21 @@ def make_agent(config: AgentConfig, env: VecEnv, seed: int) -> BaseAlgorithm:
     config.validate()
     algorithm = ALGORITHM_CLASSES[config.algo]
     network = config.policy_kwargs
-    policy_kwargs = {"net_arch": list(network.net_arch),
-                     "activation_fn": ACTIVATION_FUNCTIONS[network.activation_fn]}
-    return algorithm(config.policy, env, policy_kwargs=policy_kwargs, seed=seed,
+    policy_kwargs: dict[str, Any] = {"net_arch": list(network.net_arch),
+                                     "activation_fn": ACTIVATION_FUNCTIONS[network.activation_fn]}
+    policy: str | type[BasePolicy] = config.policy
+    if network.habit_weight is not None:
+        policy = MaskableHabitAwarePolicy if config.algo == "maskable_ppo" else HabitAwarePolicy
+        policy_kwargs |= {"habits": habit_block(env), "habit_weight": network.habit_weight}
+    return algorithm(policy, env, policy_kwargs=policy_kwargs, seed=seed,
                      device=config.device, verbose=0, **config.hyperparameters())
+
+
+def habit_block(env: VecEnv) -> tuple[int, int]:
+    """(start, stop) of the ``move_habits`` block in the env's observations."""
+    layout = env.get_attr("layout")[0]
+    feature = next(f for f in layout.features if f.name == "move_habits")
+    return feature.start, feature.start + feature.size
 
 
 def algorithm_of(path: str | Path) -> str:

@@ -15,6 +15,12 @@ adapts it to what SB3's algorithms, wrappers and helpers rely on:
   ``difficulty``, ``environment``) and ``episode = {"r", "l", "t"}`` as SB3's ``Monitor``
   writes it, so SB3's logger shows ``ep_rew_mean`` without any wrapper. Other envs get an
   empty dict (a fresh one each, as SB3 may mutate them).
+- ``episode="series"`` makes a player's whole series of fights one episode for the learner:
+  ``dones`` is True only when a series ends (the next fight has a new player), so the learner
+  bootstraps across the fights of a series and is credited with what a move does to later
+  fights (players learn a boss's patterns from fight to fight). Every fight still reports its
+  fight info and ``episode`` statistics when it ends; ``terminal_observation`` comes with the
+  dones only. ``episode="fight"`` (the default) ends an episode with every fight.
 - ``action_masks()`` returns the legal moves of every env, ``(num_envs, moves)`` bools, and
   ``env_method("action_masks")`` the same rows as a list, which sb3-contrib's
   ``MaskablePPO`` stacks (``sb3_contrib.common.maskable.utils.get_action_masks``).
@@ -48,6 +54,9 @@ from envs.boss_fight import BossFightVectorEnv
 # What step() returns: observations, rewards, dones, infos (narrower than SB3's union type).
 StepReturn = tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]
 
+# What can end an episode for the learner: every fight, or the last fight of a player's series.
+EPISODES = ("fight", "series")
+
 # Methods whose batched result has one row per env: env_method returns the rows.
 ROW_METHODS = ("action_masks",)
 
@@ -58,13 +67,19 @@ class BossFightVecEnv(VecEnv):
     :param num_envs: fights stepped together.
     :param seed: the seed of the first ``reset()`` (as ``seed(seed)`` would set it);
         None for a random start.
+    :param episode: what ends an episode for the learner: ``"fight"`` or ``"series"``.
     :param env_kwargs: :class:`envs.boss_fight.BossFightVectorEnv` arguments (``game``,
         ``player``, ``objective``, ``difficulty``, ``environment``, ``fights_per_player``,
         ``render_mode``, ``max_episode_steps``). ``max_episode_steps`` defaults to the
         registered ``envs.MAX_EPISODE_STEPS``, like ``gymnasium.make("bosslab/BossFight-v0")``.
     """
 
-    def __init__(self, num_envs: int, *, seed: int | None = None, **env_kwargs: Any) -> None:
+    def __init__(self, num_envs: int, *, seed: int | None = None, episode: str = "fight",
+                 **env_kwargs: Any) -> None:
+        if episode not in EPISODES:
+            raise ValueError(f"unknown episode {episode!r}: use one of {', '.join(EPISODES)} "
+                             f"(what ends an episode for the learner).")
+        self.episode = episode
         env_kwargs.setdefault("max_episode_steps", envs.MAX_EPISODE_STEPS)
         self.vector_env = BossFightVectorEnv(num_envs, **env_kwargs)
         super().__init__(num_envs, self.vector_env.single_observation_space,
@@ -104,18 +119,22 @@ class BossFightVecEnv(VecEnv):
         obs, rewards, terminated, truncated, info = self.vector_env.step(self._actions)
         self._returns += rewards
         self._lengths += 1
-        dones = terminated | truncated
+        ended = terminated | truncated
+        dones = ended
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         if "final_obs" in info:
-            self._report_ends(infos, np.flatnonzero(dones), truncated, info)
+            self._report_fights(infos, np.flatnonzero(ended), info["final_info"])
+            if self.episode == "series":
+                # The series' last fight ends the player's episode for good: no bootstrap.
+                dones = ended & info["final_info"]["series_ended"]
+                truncated = np.zeros_like(truncated)
+            self._report_dones(infos, np.flatnonzero(dones), truncated, info["final_obs"])
         return obs, rewards.astype(np.float32), dones, infos
 
-    def _report_ends(self, infos: list[dict[str, Any]], ended: np.ndarray,
-                     truncated: np.ndarray, info: dict[str, Any]) -> None:
-        """Fill the infos of the ``ended`` envs, SB3 style, and restart their episode stats."""
-        final_obs = info["final_obs"]
-        columns = {key: value[ended].tolist() for key, value in info["final_info"].items()}
-        timeouts = truncated[ended].tolist()
+    def _report_fights(self, infos: list[dict[str, Any]], ended: np.ndarray,
+                       final_info: dict[str, Any]) -> None:
+        """Fill the fight info of the ``ended`` fights and restart their fight statistics."""
+        columns = {key: value[ended].tolist() for key, value in final_info.items()}
         returns = self._returns[ended].round(6).tolist()
         lengths = self._lengths[ended].tolist()
         seconds = round(time.time() - self._t_start, 6)
@@ -123,11 +142,17 @@ class BossFightVecEnv(VecEnv):
             entry = infos[i]
             for key, column in columns.items():
                 entry[key] = column[j]
-            entry["terminal_observation"] = final_obs[i]
-            entry["TimeLimit.truncated"] = timeouts[j]
             entry["episode"] = {"r": returns[j], "l": lengths[j], "t": seconds}
         self._returns[ended] = 0.0
         self._lengths[ended] = 0
+
+    @staticmethod
+    def _report_dones(infos: list[dict[str, Any]], dones: np.ndarray, truncated: np.ndarray,
+                      final_obs: np.ndarray) -> None:
+        """SB3's episode end: the last observation, and whether it was a timeout."""
+        for i in dones.tolist():
+            infos[i]["terminal_observation"] = final_obs[i]
+            infos[i]["TimeLimit.truncated"] = bool(truncated[i])
 
     def action_masks(self) -> np.ndarray:
         """Legal moves of every env, ``(num_envs, moves)`` bools (MaskablePPO's convention)."""

@@ -70,7 +70,8 @@ jitter) at ``reset(seed=...)`` and after every ``fights_per_player`` fights.
 - Truncation: fight time reaches the game's ``max_fight_seconds`` (a timeout, no winner).
 At the end, ``info`` holds ``player_won``, ``fight_seconds``, ``hp_margin`` (boss minus player
 HP fraction), ``persona``, ``difficulty`` and ``environment`` (indices; see ``persona_names``,
-``layout.difficulty_levels``, ``layout.environments``).
+``layout.difficulty_levels``, ``layout.environments``), and ``series_ended`` (the fight was the
+last of its player's series: the next one starts with a new player).
 
 ## Arguments
 - ``game``: a game name in ``configs/game/``, a YAML path, a mapping or a ``GameDefinition``.
@@ -169,6 +170,7 @@ class FightSetup:
             "player_won": _at(result.player_won, row), "fight_seconds": _at(state.time, row),
             "hp_margin": _at(result.hp_margin, row), "persona": _at(state.persona, row),
             "difficulty": _at(state.difficulty, row), "environment": _at(state.arena, row),
+            "series_ended": _at(state.fights >= self.config.fights_per_player, row),
         }
 
 

@@ -1,12 +1,14 @@
 """The quality bar: trained bosses against the scripted ones (a benchmark, not a test).
 
-    python -m experiments.benchmark_quality [--fights 120] [--seed 1000] [--out quality]
+    python -m experiments.benchmark_quality [--fights 1200] [--players 60] [--seed 1000]
+        [--out quality]
         [train overrides, e.g. agent=maskable_ppo seed=1]
 
 Trains two bosses with the lab's default configuration (``configs/train.yaml``: PPO against
 the persona population, duel, difficulty ``normal``), one per objective, each timed, then plays
 the trained bosses and every scripted boss (random, rotation, reactive) against each of the six
-shipped personas: ``--fights`` fights per pair on players seeded with ``--seed`` (not the
+shipped personas: ``--fights`` fights per pair, played by ``--players`` players of each persona
+(each a series of fights/players fights), seeded with ``--seed`` (not the
 training seed: players the bosses never met). The bar:
 
 - ``engagement``: the trained boss keeps more personas inside the level's target win-rate band
@@ -63,12 +65,13 @@ def train_boss(objective: str, overrides: list[str]) -> Trained:
     return Trained(objective, result.run_id, seconds, result.steps)
 
 
-def face_off(trained: Trained, game: GameDefinition, fights: int, seed: int,
+def face_off(trained: Trained, game: GameDefinition, fights: int, players: int, seed: int,
              work: Path) -> pd.DataFrame:
     """The trained boss and every scripted boss against every persona: one table."""
     bosses = [load_boss(f"runs:/{trained.run_id}", game, seed, work).policy]
     bosses += [make_boss(name, game, seed=seed) for name in SCRIPTED_BOSSES]
-    tables = [evaluate_boss(boss, game, PERSONAS, fights, difficulty=LEVEL, seed=seed,
+    tables = [evaluate_boss(boss, game, PERSONAS, fights, series=players, difficulty=LEVEL,
+                            seed=seed,
                             label=f"trained ({trained.objective})" if i == 0 else None)
               for i, boss in enumerate(bosses)]
     return pd.concat(tables, ignore_index=True)
@@ -111,7 +114,10 @@ def report(trained: Trained, shown: pd.DataFrame, passed: bool, out: Path) -> st
 
 def parse_args() -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--fights", type=int, default=120, help="fights per boss x persona")
+    parser.add_argument("--fights", type=int, default=1200, help="fights per boss x persona")
+    parser.add_argument("--players", type=int, default=60,
+                        help="players per persona (players differ: 6 players measured a win "
+                             "rate to no better than +-0.1)")
     parser.add_argument("--seed", type=int, default=1000, help="seeds the evaluation players")
     parser.add_argument("--out", type=Path, default=Path("quality"), help="output folder")
     parser.add_argument("--objectives", nargs="+", default=["engagement", "defeat"],
@@ -126,7 +132,7 @@ def main() -> None:
     verdicts = {"engagement": engagement_verdict, "defeat": defeat_verdict}
     for objective in args.objectives:
         trained = train_boss(objective, overrides)
-        table = face_off(trained, game, args.fights, args.seed, args.out)
+        table = face_off(trained, game, args.fights, args.players, args.seed, args.out)
         table.to_csv(args.out / f"quality_{objective}.csv", index=False)
         shown, passed = verdicts[objective](table)
         print("\n" + report(trained, shown, passed, args.out))

@@ -74,7 +74,7 @@ from agents.factory import load_agent, make_agent
 from agents.policy import SB3BossPolicy
 from agents.rag_setup import RagConfig, memory_boss, new_memory
 from agents.retrieval import MemoryWritingCallback, RetrievalVecEnv, writer_for
-from agents.vec_env import BossFightVecEnv
+from agents.vec_env import EPISODES, BossFightVecEnv
 from envs.boss_fight import OBJECTIVES
 from envs.bosses import BossPolicy
 from envs.game import GameDefinition, load_game
@@ -223,6 +223,8 @@ def validate(config: TrainConfig, game: GameDefinition) -> None:
             raise ValueError(f"{key} must be >= 1, got {value}: set {key}=<a positive number> "
                              f"(configs/train.yaml has the defaults).")
     check_choices("objective", [config.objective.name], OBJECTIVES, "objective", listed=False)
+    check_choices("episode", [config.objective.episode], EPISODES, "objective.episode",
+                  listed=False)
     if config.difficulty.level is not None:
         check_choices("difficulty", [config.difficulty.level], list(game.difficulty_levels),
                       "difficulty.level", f"game {game.name!r} has", listed=False)
@@ -295,7 +297,8 @@ def env_kwargs(config: TrainConfig, game: GameDefinition) -> dict[str, Any]:
 def make_env(config: TrainConfig, game: GameDefinition, seed: int,
              memory: TrainingMemory | None = None) -> BossFightVecEnv | RetrievalVecEnv:
     """The batched training envs, seeded; with rag=episodic, with the retrieval features."""
-    env = BossFightVecEnv(num_envs(config), seed=seed, **env_kwargs(config, game))
+    env = BossFightVecEnv(num_envs(config), seed=seed, episode=config.objective.episode,
+                          **env_kwargs(config, game))
     if memory is None or config.rag.mode != "episodic":
         return env
     return RetrievalVecEnv(env, memory.memory, memory.embedder, config.rag.retrieval())

@@ -134,6 +134,8 @@ def test_wrong_keys_and_types_fail_at_composition(override: str) -> None:
     (["difficulty.level=veteran"], r"unknown difficulty 'veteran'.*easy, normal, hard"),
     (["game=dragon_keep"], r"game 'dragon_keep' has story, veteran, nightmare"),
     (["objective.name=win"], r"unknown objective 'win'.*engagement, defeat"),
+    (["objective.episode=match"], r"unknown episode 'match'.*fight, series.*objective.episode="),
+    (["agent=dqn", "agent.policy_kwargs.habit_weight=8"], r"habit_weight=null"),
     (["eval.personas=[nobody]"], r"unknown persona 'nobody'.*dodger"),
     (["agent.batch_size=20000"], r"agent.batch_size=20000 is larger than one rollout"),
     (["agent=dqn", "budget=smoke", "agent.learning_starts=5000"], r"would never learn"),

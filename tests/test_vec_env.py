@@ -38,7 +38,7 @@ N = 8
 MOVES = 3  # the duel's moves: attack, defend, special_move
 OBS_SIZE = 43  # the duel's observation (envs.boss_fight docstring)
 FIGHT_ENDS = ("player_won", "fight_seconds", "hp_margin", "persona", "difficulty",
-              "environment")
+              "environment", "series_ended")
 
 
 
@@ -160,6 +160,34 @@ def test_episode_stats_match_summed_rewards_and_counted_steps() -> None:
             assert episode["t"] >= 0.0
             returns[i], lengths[i], checked = 0.0, 0, checked + 1
     assert checked >= N
+
+
+def test_series_episodes_end_only_with_a_players_last_fight() -> None:
+    fights_per_player = 3
+    env = BossFightVecEnv(N, seed=6, episode="series", fights_per_player=fights_per_player,
+                          game=short_duel(15.0))
+    _, steps = play(env, actions_for(300, seed=6))
+    fights, returns = np.zeros(N, dtype=int), np.zeros(N)
+    for _, rewards, dones, infos in steps:
+        returns += rewards
+        for i, info in enumerate(infos):
+            if "episode" not in info:
+                assert not dones[i]
+                continue
+            fights[i] += 1
+            assert info["episode"]["r"] == pytest.approx(returns[i], abs=1e-4)
+            returns[i] = 0.0
+            assert info["series_ended"] == (fights[i] % fights_per_player == 0)
+            assert bool(dones[i]) == info["series_ended"]
+            assert ("terminal_observation" in info) == info["series_ended"]
+            if dones[i]:
+                assert info["TimeLimit.truncated"] is False
+    assert fights.min() >= 2 * fights_per_player
+
+
+def test_an_unknown_episode_kind_names_the_choices() -> None:
+    with pytest.raises(ValueError, match="fight, series"):
+        BossFightVecEnv(N, episode="match")
 
 
 # --- seeding and parity ----------------------------------------------------------------------
