@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[lab,rag,text,openai,ray,dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[lab,rag,serve,text,openai,ray,dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv and install the lab (CPU torch pinned by constraints.txt)
