@@ -11,7 +11,10 @@ Everything runs on embedded defaults: no server, no API key. It
 2. compares the trained boss with the scripted bosses (random, rotation, reactive) on the same
    seeded players (``experiments.compare``; a boss trained at every level is compared at the
    game's first): a table and heatmaps in ``outputs/lab/``;
-3. prints where to look: the MLflow UI command, the evaluation and comparison tables.
+3. exports the trained boss as a bundle (``experiments.export``: ONNX policy, memory, manifest,
+   model card) in ``outputs/lab/bundles/``;
+4. prints where to look: the MLflow UI command, the evaluation and comparison tables, the
+   bundle, and the one command that serves it (``python -m serving --bundle <path>``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from envs.bosses import SCRIPTED_BOSSES
-from experiments import compare, tracking, train
+from experiments import compare, export, tracking, train
 from experiments.compose import compose_config
 
 OUT = Path("outputs") / "lab"
@@ -41,13 +44,17 @@ def main(overrides: list[str]) -> None:
     print(f"\nThe trained boss and the scripted ones on the same players ({level}):")
     with pd.option_context("display.width", 220, "display.max_columns", None):
         print(compare.side_by_side(table).to_string(index=False))
+    exported = export.export(compose_config("export", [f"source=runs:/{result.run_id}",
+                                                       f"out={OUT / 'bundles'}"]))
     print(f"\nWhere to look:\n"
           f"  MLflow UI:        {tracking.browse_command()}\n"
           f"                    (http://127.0.0.1:5000, experiment {cfg.experiment}, run "
           f"{result.run_id})\n"
           f"  Evaluation table: {result.evaluation_path}\n"
           f"  Comparison:       {paths[1]} ({paths[2].name}: heatmaps, {paths[0].name}: "
-          f"every column)")
+          f"every column)\n"
+          f"  Bundle:           {exported.path} (model card: MODEL_CARD.md)\n"
+          f"\nServe it to games:  {exported.serve_command}")
 
 
 if __name__ == "__main__":

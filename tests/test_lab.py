@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from experiments import lab
+from serving.bundle import load_bundle
 
 TINY = ["budget.total_timesteps=2048", "num_envs=8", "agent.n_steps=64", "agent.batch_size=128",
         "log_every=512", "eval.fights=4", "eval.series=2"]
@@ -32,3 +33,7 @@ def test_lab_trains_compares_and_prints_where_to_look(
     runs = mlflow.search_runs(experiment_names=["bosslab-train"])
     assert isinstance(runs, pd.DataFrame) and len(runs) == 1
     assert runs["status"].iloc[0] == "FINISHED"
+    serve = next(line for line in out.splitlines() if "python -m serving --bundle" in line)
+    bundle = Path(serve.split("--bundle", 1)[1].strip())
+    assert (bundle / "manifest.json").exists() and (bundle / "policy.onnx").exists()
+    assert load_bundle(bundle).manifest.source.run_id == runs["run_id"].iloc[0]

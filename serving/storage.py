@@ -1,0 +1,531 @@
+"""What the server remembers: games, sessions, every decision and every outcome.
+
+An embedded SQLite database by default (WAL journal, ``synchronous=FULL``: an acknowledged
+write survives ``kill -9`` and power loss), or PostgreSQL by URL (``postgresql://...``, driven
+by psycopg 3). SQLAlchemy Core, four tables:
+
+==========  =====================================================  =========================
+table       holds                                                  key
+==========  =====================================================  =========================
+games       name, description, vocabulary (JSON), policy, the      game_id
+            API key's hash, created_at
+sessions    one player's fight session of a game                   (game_id, session_id)
+decisions   every move served: situation (JSON), move, policy      seq; unique (game_id,
+            version, session, created_at                           action_id)
+outcomes    what the game reported for a decision                  seq; unique (game_id,
+                                                                   action_id) -> decisions
+==========  =====================================================  =========================
+
+``seq`` numbers rows in storage order; :meth:`Storage.lessons` replays outcomes in it.
+
+Errors: every database failure surfaces as :class:`StorageUnavailable` (nothing was stored,
+send again). :class:`GameExists`, :class:`UnknownAction` and :class:`RecordRejected` are the
+caller's mistakes. A :class:`Storage` is safe to share between threads.
+
+Example::
+
+    storage = Storage("sqlite:///bosslab-serving.db")
+    storage.create_schema()
+    storage.add_outcome(outcome)  # True: stored now; False: a resend, already stored
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    SQLAlchemyError,
+    StatementError,
+)
+from sqlalchemy.pool import StaticPool
+
+LESSON_PAGE = 1000
+"""Rows fetched per query while replaying lessons."""
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+PG_CONNECT_TIMEOUT_S = 5
+
+
+class StorageError(Exception):
+    """Base of everything this module raises."""
+
+
+class StorageUnavailable(StorageError):  # noqa: N818 (the names the web layer codes against)
+    """The database failed or could not be reached: nothing was stored; send again."""
+
+
+class GameExists(StorageError):  # noqa: N818 (the names the web layer codes against)
+    """A game with this game_id is already registered."""
+
+
+class UnknownAction(StorageError):  # noqa: N818 (the names the web layer codes against)
+    """An outcome names an action_id that is not a stored decision of its game."""
+
+
+class RecordRejected(StorageError):  # noqa: N818 (the names the web layer codes against)
+    """A record breaks a constraint (unknown game, a decision's action_id stored twice)."""
+
+
+@dataclass(frozen=True)
+class GameRecord:
+    """A registered game (``POST /api/v1/games/register``)."""
+
+    game_id: str
+    name: str
+    description: str
+    vocabulary: dict[str, Any]
+    """boss_actions, action_types, environments, difficulty_levels (lists of names)."""
+    policy: str
+    """The bundle name serving the game."""
+    api_key_hash: str
+    """``serving.auth.hash_api_key`` of the key shown once at registration."""
+    created_at: float
+    """Seconds since the epoch."""
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One move served to a game (a ``boss_action_response``)."""
+
+    action_id: str
+    game_id: str
+    session_id: str
+    situation: dict[str, Any]
+    """What the decision saw (JSON-serialisable): the brain rebuilds its memory key from it."""
+    move: str
+    policy_version: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class OutcomeRecord:
+    """What the game reported about a decision (an ``action_outcome``)."""
+
+    action_id: str
+    game_id: str
+    outcome: str
+    """success, failure or partial."""
+    effectiveness_score: float
+    damage_dealt: float
+    player_hit: bool
+    execution_time: float
+    created_at: float
+
+
+@dataclass(frozen=True)
+class GameStats:
+    """Totals of one game, for ``realtime-stats``."""
+
+    decisions: int
+    outcomes: int
+    mean_effectiveness: float | None
+    """Mean effectiveness_score of the stored outcomes; None before the first."""
+    action_mix: dict[str, int] = field(default_factory=dict)
+    """Decisions per move."""
+
+
+metadata = sa.MetaData()
+_json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+games = sa.Table(
+    "games",
+    metadata,
+    sa.Column("game_id", sa.String, primary_key=True),
+    sa.Column("name", sa.String, nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("vocabulary", _json, nullable=False),
+    sa.Column("policy", sa.String, nullable=False),
+    sa.Column("api_key_hash", sa.String, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+)
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("game_id", sa.String, sa.ForeignKey("games.game_id"), primary_key=True),
+    sa.Column("session_id", sa.String, primary_key=True),
+    sa.Column("created_at", sa.Double, nullable=False),
+)
+decisions = sa.Table(
+    "decisions",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("game_id", sa.String, sa.ForeignKey("games.game_id"), nullable=False),
+    sa.Column("action_id", sa.String, nullable=False),
+    sa.Column("session_id", sa.String, nullable=False),
+    sa.Column("situation", _json, nullable=False),
+    sa.Column("move", sa.String, nullable=False),
+    sa.Column("policy_version", sa.String, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.UniqueConstraint("game_id", "action_id", name="uq_decisions_game_action"),
+)
+outcomes = sa.Table(
+    "outcomes",
+    metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("game_id", sa.String, nullable=False),
+    sa.Column("action_id", sa.String, nullable=False),
+    sa.Column("outcome", sa.String, nullable=False),
+    sa.Column("effectiveness_score", sa.Double, nullable=False),
+    sa.Column("damage_dealt", sa.Double, nullable=False),
+    sa.Column("player_hit", sa.Boolean, nullable=False),
+    sa.Column("execution_time", sa.Double, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.UniqueConstraint("game_id", "action_id", name="uq_outcomes_game_action"),
+    sa.ForeignKeyConstraint(["game_id", "action_id"], ["decisions.game_id", "decisions.action_id"]),
+    sa.Index("ix_outcomes_game_seq", "game_id", "seq"),
+)
+
+
+def normalise_url(url: str) -> sa.URL:
+    """``url`` as SQLAlchemy should open it: ``postgresql://`` and ``postgres://`` use
+    psycopg 3. Raises ValueError for anything but SQLite and PostgreSQL."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as error:
+        raise ValueError(
+            f"database URL {url!r} is not a URL: use sqlite:///PATH or "
+            "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+        ) from error
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend in ("postgres", "postgresql"):
+        backend = "postgresql"
+        parsed = parsed.set(drivername=f"postgresql+{driver or 'psycopg'}")
+    if backend not in ("sqlite", "postgresql"):
+        raise ValueError(
+            f"database backend {backend!r} is not supported: use sqlite:///PATH or "
+            "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+        )
+    return parsed
+
+
+def _is_memory(url: sa.URL) -> bool:
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
+def _make_engine(url: sa.URL) -> Engine:
+    if url.get_backend_name() == "postgresql":
+        return sa.create_engine(
+            url,
+            pool_size=10,
+            max_overflow=20,
+            pool_pre_ping=True,
+            pool_timeout=PG_CONNECT_TIMEOUT_S,
+            connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S},
+        )
+    if _is_memory(url):
+        engine = sa.create_engine(
+            url, poolclass=StaticPool, connect_args={"check_same_thread": False}
+        )
+    else:
+        Path(str(url.database)).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(
+            url,
+            pool_size=8,
+            max_overflow=16,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        )
+    sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL for concurrent readers, FULL sync so a commit is on disk when it returns."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+@contextlib.contextmanager
+def _database_errors(doing: str) -> Iterator[None]:
+    """Turn any database failure into :class:`StorageUnavailable` naming what failed, and a
+    record the database cannot take (a constraint, a value that is not JSON) into
+    :class:`RecordRejected`."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except (TypeError, ValueError, StatementError) as error:
+        if isinstance(error, DBAPIError) and not isinstance(error, (IntegrityError, DataError)):
+            raise _unavailable(doing, error) from error
+        # A constraint, or a value the database cannot take (not JSON, NaN in JSONB...).
+        raise RecordRejected(
+            f"a record was rejected while {doing} ({_first_line(error)}); nothing was stored"
+        ) from error
+    except SQLAlchemyError as error:
+        raise _unavailable(doing, error) from error
+
+
+def _unavailable(doing: str, error: SQLAlchemyError) -> StorageUnavailable:
+    cause = getattr(error, "orig", None) or error
+    return StorageUnavailable(
+        f"storage unavailable while {doing} ({type(cause).__name__}: {_first_line(error)}); "
+        "nothing was stored: send again"
+    )
+
+
+def _first_line(error: Exception) -> str:
+    """The database's own message, first line only (no SQL, no parameters)."""
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+class Storage:
+    """Games, sessions, decisions and outcomes in SQLite or PostgreSQL. Thread-safe."""
+
+    def __init__(self, url: str) -> None:
+        self.url = normalise_url(url)
+        self.dialect = self.url.get_backend_name()
+        self._engine = _make_engine(self.url)
+        # One shared connection (in-memory SQLite) must not be used by two threads at once.
+        self._serial = threading.RLock() if _is_memory(self.url) else None
+
+    def __repr__(self) -> str:
+        return f"Storage({self.url.render_as_string(hide_password=True)!r})"
+
+    @contextlib.contextmanager
+    def _transaction(self, doing: str) -> Iterator[Connection]:
+        """A connection in a transaction, committed on success; failures become
+        :class:`StorageUnavailable`."""
+        lock = self._serial if self._serial is not None else contextlib.nullcontext()
+        with lock, _database_errors(doing), self._engine.begin() as connection:
+            yield connection
+
+    def _insert(self, table: sa.Table) -> Any:
+        """An INSERT that can say ON CONFLICT DO NOTHING in this dialect. (Whether it inserted
+        is read from RETURNING: psycopg reports no rowcount for it.)"""
+        return postgresql.insert(table) if self.dialect == "postgresql" else sqlite.insert(table)
+
+    def create_schema(self) -> None:
+        """Create the tables and indexes that do not exist yet."""
+        with self._transaction("creating the schema") as connection:
+            metadata.create_all(connection, checkfirst=True)
+
+    def ping(self) -> None:
+        """Raise :class:`StorageUnavailable` unless the database answers a query."""
+        with self._transaction("checking the database") as connection:
+            connection.execute(sa.select(1))
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self._engine.dispose()
+
+    # --- games and sessions -----------------------------------------------------------------
+
+    def add_game(self, record: GameRecord) -> None:
+        """Store a new game; raises :class:`GameExists` if its game_id is taken."""
+        statement = (
+            self._insert(games)
+            .values(**_row(record))
+            .on_conflict_do_nothing()
+            .returning(games.c.game_id)
+        )
+        with self._transaction("registering a game") as connection:
+            inserted = connection.execute(statement).first() is not None
+        if not inserted:
+            raise GameExists(f"game {record.game_id!r} is already registered: pick another game_id")
+
+    def get_game(self, game_id: str) -> GameRecord | None:
+        """The game registered as ``game_id``, or None."""
+        with self._transaction("reading a game") as connection:
+            row = connection.execute(sa.select(games).where(games.c.game_id == game_id)).first()
+        return None if row is None else GameRecord(**row._mapping)
+
+    def game_ids(self) -> list[str]:
+        """Every registered game, oldest first."""
+        query = sa.select(games.c.game_id).order_by(games.c.created_at, games.c.game_id)
+        with self._transaction("listing games") as connection:
+            return list(connection.execute(query).scalars())
+
+    def add_session(self, game_id: str, session_id: str, created_at: float | None = None) -> None:
+        """Record a session of a game (idempotent); raises :class:`RecordRejected` for an
+        unregistered game. ``created_at`` defaults to now."""
+        started = time.time() if created_at is None else created_at
+        statement = (
+            self._insert(sessions)
+            .values(game_id=game_id, session_id=session_id, created_at=started)
+            .on_conflict_do_nothing()
+        )
+        with self._transaction("recording a session") as connection:
+            self._require_game(connection, game_id)
+            connection.execute(statement)
+
+    @staticmethod
+    def _require_game(connection: Connection, game_id: str) -> None:
+        query = sa.select(games.c.game_id).where(games.c.game_id == game_id)
+        if connection.execute(query).first() is None:
+            raise RecordRejected(f"game {game_id!r} is not registered: register it first")
+
+    # --- decisions and outcomes -------------------------------------------------------------
+
+    def add_decisions(self, records: Sequence[DecisionRecord]) -> None:
+        """Store decisions in one transaction (all or none); committed when this returns.
+
+        Raises :class:`RecordRejected` if one names an unregistered game or repeats a stored
+        action_id (then none is stored), :class:`StorageUnavailable` if the database fails.
+        """
+        if not records:
+            return
+        rows = [_row(record) for record in records]
+        with self._transaction("storing decisions") as connection:
+            connection.execute(sa.insert(decisions), rows)
+
+    def get_decision(self, game_id: str, action_id: str) -> DecisionRecord | None:
+        """The decision ``action_id`` of ``game_id``, or None."""
+        query = sa.select(*_decision_columns()).where(
+            decisions.c.game_id == game_id, decisions.c.action_id == action_id
+        )
+        with self._transaction("reading a decision") as connection:
+            row = connection.execute(query).first()
+        return None if row is None else DecisionRecord(**row._mapping)
+
+    def add_outcome(self, record: OutcomeRecord) -> bool:
+        """Store an outcome, committed before this returns. True: newly stored; False: its
+        action_id already has an outcome (a resend; nothing changed). Raises
+        :class:`UnknownAction` if the action_id is not a stored decision of the game."""
+        result = self.add_outcomes([record])[0]
+        if isinstance(result, UnknownAction):
+            raise result
+        return result
+
+    def add_outcomes(self, records: Sequence[OutcomeRecord]) -> list[bool | UnknownAction]:
+        """Store outcomes in one transaction (group commit). One result per record, in order:
+        True (stored), False (duplicate, including a repeat within the batch) or an
+        :class:`UnknownAction` (not stored). Raises :class:`StorageUnavailable` for the whole
+        batch if the database fails (then nothing was stored).
+
+        Three statements whatever the batch size: which decisions exist, one multi-row
+        INSERT ... ON CONFLICT DO NOTHING RETURNING (what was new), the commit.
+        """
+        if not records:
+            return []
+        keys = [(record.game_id, record.action_id) for record in records]
+        with self._transaction("storing outcomes") as connection:
+            known = self._known_decisions(connection, keys)
+            first = {key: index for index, key in reversed(list(enumerate(keys)))}
+            fresh = [records[i] for i, key in enumerate(keys) if key in known and first[key] == i]
+            inserted = self._insert_outcomes(connection, fresh)
+        return [
+            _unknown_action(record) if key not in known else (key in inserted and first[key] == i)
+            for i, (key, record) in enumerate(zip(keys, records, strict=True))
+        ]
+
+    @staticmethod
+    def _known_decisions(
+        connection: Connection, keys: Sequence[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        """Which (game_id, action_id) pairs are stored decisions."""
+        pair = sa.tuple_(decisions.c.game_id, decisions.c.action_id)
+        query = sa.select(decisions.c.game_id, decisions.c.action_id).where(
+            pair.in_(sorted(set(keys)))
+        )
+        return {(game_id, action_id) for game_id, action_id in connection.execute(query)}
+
+    def _insert_outcomes(
+        self, connection: Connection, records: Sequence[OutcomeRecord]
+    ) -> set[tuple[str, str]]:
+        """Insert outcomes not stored yet, in order; the (game_id, action_id) pairs inserted."""
+        if not records:
+            return set()
+        statement = (
+            self._insert(outcomes)
+            .on_conflict_do_nothing()
+            .returning(outcomes.c.game_id, outcomes.c.action_id)
+        )
+        rows = [_row(record) for record in records]  # executemany: one compiled statement
+        return {(game_id, action_id) for game_id, action_id in connection.execute(statement, rows)}
+
+    def lessons(self, game_id: str) -> Iterator[tuple[DecisionRecord, OutcomeRecord]]:
+        """Every stored outcome of a game with its decision, in storage order.
+
+        Reads in pages of ``LESSON_PAGE`` rows, each in its own short transaction, so a long
+        replay holds no connection or lock between pages.
+        """
+        last_seq = 0
+        while True:
+            page = self._lesson_page(game_id, last_seq)
+            if not page:
+                return
+            for seq, decision, outcome in page:
+                last_seq = seq
+                yield decision, outcome
+
+    def _lesson_page(
+        self, game_id: str, after_seq: int
+    ) -> list[tuple[int, DecisionRecord, OutcomeRecord]]:
+        decision_columns = [column.label(f"d_{column.name}") for column in _decision_columns()]
+        query = (
+            sa.select(outcomes, *decision_columns)
+            .join(
+                decisions,
+                sa.and_(
+                    decisions.c.game_id == outcomes.c.game_id,
+                    decisions.c.action_id == outcomes.c.action_id,
+                ),
+            )
+            .where(outcomes.c.game_id == game_id, outcomes.c.seq > after_seq)
+            .order_by(outcomes.c.seq)
+            .limit(LESSON_PAGE)
+        )
+        with self._transaction("reading lessons") as connection:
+            rows = connection.execute(query).all()
+        return [_lesson(row._mapping) for row in rows]
+
+    def stats(self, game_id: str) -> GameStats:
+        """Decisions, outcomes, mean effectiveness and decisions per move of a game."""
+        mix_query = (
+            sa.select(decisions.c.move, sa.func.count())
+            .where(decisions.c.game_id == game_id)
+            .group_by(decisions.c.move)
+        )
+        outcome_query = sa.select(
+            sa.func.count(), sa.func.avg(outcomes.c.effectiveness_score)
+        ).where(outcomes.c.game_id == game_id)
+        with self._transaction("reading stats") as connection:
+            mix = {move: int(count) for move, count in connection.execute(mix_query)}
+            outcome_count, mean = connection.execute(outcome_query).one()
+        return GameStats(
+            decisions=sum(mix.values()),
+            outcomes=int(outcome_count),
+            mean_effectiveness=None if mean is None else float(mean),
+            action_mix=mix,
+        )
+
+
+def _unknown_action(record: OutcomeRecord) -> UnknownAction:
+    return UnknownAction(
+        f"action_id {record.action_id!r} was never issued to game {record.game_id!r}: "
+        "send the action_id of a boss_action_response this game received"
+    )
+
+
+def _row(record: GameRecord | DecisionRecord | OutcomeRecord) -> dict[str, Any]:
+    return dict(record.__dict__)
+
+
+def _decision_columns() -> list[sa.Column[Any]]:
+    return [column for column in decisions.c if column.name != "seq"]
+
+
+def _lesson(row: Any) -> tuple[int, DecisionRecord, OutcomeRecord]:
+    decision = DecisionRecord(
+        **{column.name: row[f"d_{column.name}"] for column in _decision_columns()}
+    )
+    outcome = OutcomeRecord(
+        **{column.name: row[column.name] for column in outcomes.c if column.name != "seq"}
+    )
+    return row["seq"], decision, outcome

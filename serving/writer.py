@@ -1,0 +1,207 @@
+"""Group commit: many decisions (or outcomes) from many sockets, one database commit.
+
+A commit that must reach the disk costs the same for one row as for a hundred, so the web
+layer does not commit each record itself: it calls ``submit(record)`` and awaits the returned
+:class:`concurrent.futures.Future` (``await asyncio.wrap_future(future)``). A background
+thread takes whatever is pending, stores it in one transaction, then resolves every future of
+the batch. Under light load a record is committed at once; under heavy load commits happen
+at most every ``min_interval`` seconds and carry everything that arrived meanwhile.
+
+- :class:`DecisionWriter`: the future resolves to None once the decision is committed, so
+  the ``boss_action_response`` can be sent (its action_id is then known across crashes).
+- :class:`OutcomeWriter`: the future resolves to True (stored) or False (duplicate) once
+  committed, so the ``learning_update`` can be sent; it raises :class:`UnknownAction` for an
+  action_id the game was never given.
+
+Either raises :class:`StorageUnavailable` for a batch the database refused: nothing of it
+was stored. A future cancelled before its batch starts is dropped, not stored.
+
+Example::
+
+    writer = DecisionWriter(storage)
+    await asyncio.wrap_future(writer.submit(record))  # committed: safe to answer the game
+    writer.close()  # flushes what is pending
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import typing
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Generic, TypeVar
+
+from serving.storage import (
+    DecisionRecord,
+    OutcomeRecord,
+    RecordRejected,
+    Storage,
+    StorageError,
+)
+
+log = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+MAX_BATCH = 1000
+MIN_INTERVAL = 0.001
+_STOP = object()
+
+
+class GroupCommitter(Generic[Item, Result]):
+    """A thread committing submitted items in batches through ``commit``.
+
+    ``commit(batch)`` stores the whole batch in one transaction and returns one result (or
+    exception) per item, in order; if it raises, every item of the batch gets the exception.
+    """
+
+    def __init__(
+        self,
+        commit: Callable[[list[Item]], Sequence[Result | BaseException]],
+        name: str,
+        *,
+        max_batch: int = MAX_BATCH,
+        min_interval: float = MIN_INTERVAL,
+    ) -> None:
+        if max_batch < 1 or min_interval < 0:
+            raise ValueError("max_batch must be >= 1 and min_interval >= 0 seconds")
+        self._commit = commit
+        self._max_batch = max_batch
+        self._min_interval = min_interval
+        self._pending: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._closing = threading.Lock()
+        self._closed = False
+        self.batches = 0
+        """Batches committed (or failed) so far."""
+        self.records = 0
+        """Records handled so far."""
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, item: Item) -> Future[Result]:
+        """Queue ``item``; the future resolves once the batch holding it is committed."""
+        future: Future[Result] = Future()
+        with self._closing:
+            if self._closed:
+                raise RuntimeError(f"{self._thread.name} is closed: no more records accepted")
+            self._pending.put((item, future))
+        return future
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Commit everything submitted so far, then stop the thread (idempotent)."""
+        with self._closing:
+            if not self._closed:
+                self._closed = True
+                self._pending.put(_STOP)
+        self._thread.join(timeout)
+
+    def __enter__(self) -> GroupCommitter[Item, Result]:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        last_commit = 0.0
+        stopping = False
+        while not stopping:
+            wait = last_commit + self._min_interval - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            batch, stopping = self._take_batch()
+            last_commit = time.monotonic()
+            if batch:
+                self._commit_batch(batch)
+
+    def _take_batch(self) -> tuple[list[tuple[Item, Future[Result]]], bool]:
+        """Block for one entry, then take whatever else is pending (up to ``max_batch``)."""
+        batch: list[tuple[Item, Future[Result]]] = []
+        entry = self._pending.get()
+        while True:
+            if entry is _STOP:
+                return batch, True
+            item, future = typing.cast(tuple[Item, Future[Result]], entry)
+            if future.set_running_or_notify_cancel():
+                batch.append((item, future))
+            if len(batch) >= self._max_batch:
+                return batch, False
+            try:
+                entry = self._pending.get_nowait()
+            except queue.Empty:
+                return batch, False
+
+    def _commit_batch(self, batch: list[tuple[Item, Future[Result]]]) -> None:
+        try:
+            results = self._commit([item for item, _ in batch])
+        except Exception as error:  # every failure goes to the waiting callers
+            if not isinstance(error, StorageError):
+                log.exception("group commit failed unexpectedly")
+            results = [error] * len(batch)
+        if len(results) != len(batch):  # a broken commit function must not strand callers
+            results = [RuntimeError("group commit returned the wrong number of results")] * len(
+                batch
+            )
+        self.batches += 1
+        self.records += len(batch)
+        for (_, future), result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+
+class DecisionWriter(GroupCommitter[DecisionRecord, None]):
+    """Group commit of decisions into ``storage`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        max_batch: int = MAX_BATCH,
+        min_interval: float = MIN_INTERVAL,
+    ) -> None:
+        self._storage = storage
+        super().__init__(
+            self._store,
+            "bosslab-decision-writer",
+            max_batch=max_batch,
+            min_interval=min_interval,
+        )
+
+    def _store(self, batch: list[DecisionRecord]) -> list[BaseException | None]:
+        try:
+            self._storage.add_decisions(batch)
+        except RecordRejected:
+            if len(batch) == 1:
+                raise
+            return [self._store_alone(record) for record in batch]
+        return [None] * len(batch)
+
+    def _store_alone(self, record: DecisionRecord) -> BaseException | None:
+        """One record of a rejected batch on its own, so only the bad one fails."""
+        try:
+            self._storage.add_decisions([record])
+        except StorageError as error:
+            return error
+        return None
+
+
+class OutcomeWriter(GroupCommitter[OutcomeRecord, bool]):
+    """Group commit of outcomes into ``storage`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        max_batch: int = MAX_BATCH,
+        min_interval: float = MIN_INTERVAL,
+    ) -> None:
+        super().__init__(
+            storage.add_outcomes,
+            "bosslab-outcome-writer",
+            max_batch=max_batch,
+            min_interval=min_interval,
+        )
