@@ -44,8 +44,8 @@ def main(overrides: list[str]) -> None:
     print(f"\nThe trained boss and the scripted ones on the same players ({level}):")
     with pd.option_context("display.width", 220, "display.max_columns", None):
         print(compare.side_by_side(table).to_string(index=False))
-    exported = export.export(compose_config("export", [f"source=runs:/{result.run_id}",
-                                                       f"out={OUT / 'bundles'}"]))
+    exported = export.export(export.typed_config(compose_config(
+        "export", [f"source=runs:/{result.run_id}", f"out={OUT / 'bundles'}"])))
     print(f"\nWhere to look:\n"
           f"  MLflow UI:        {tracking.browse_command()}\n"
           f"                    (http://127.0.0.1:5000, experiment {cfg.experiment}, run "
