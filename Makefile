@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lab test lint tournament benchmark quality clean
+.PHONY: setup lab test serve-only lint tournament benchmark quality clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,10 +17,14 @@ setup: $(STAMP)  ## create .venv and install the lab (CPU torch pinned by constr
 lab: setup  ## train a boss, compare it with the scripted ones, print where to look
 	$(BIN)/python -m experiments.lab
 
-test: setup  ## lint, type-check and run the default (fast) test suite
+test: setup  ## lint, type-check, run the default (fast) test suite and the serve-only install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -n 2
+	.ci/serve-only
+
+serve-only:  ## prove the server installs and starts with only `pip install '.[serve]'` (no torch)
+	.ci/serve-only
 
 tournament: setup
 	$(BIN)/python -m experiments.tournament

@@ -1,0 +1,342 @@
+"""Load benchmark of the real-time server: many sessions, a target decision rate, latencies.
+
+    python -m experiments.benchmark_serving [--sessions 1000] [--rate 1000] [--duration 20]
+        [--clients 4] [--database sqlite:///PATH] [--bundle PATH]
+
+Starts ``python -m serving`` (SQLite in a temporary directory by default, a scripted bundle
+unless ``--bundle`` is given) on a free loopback port, registers a game, then starts
+``--clients`` client processes holding ``--sessions`` WebSocket sessions between them
+(``serving.client.BossClient``). Every session asks for a move and then reports its outcome
+on a fixed schedule, so the total is ``--rate`` decisions/s (and as many outcomes/s). After
+``--warmup`` seconds it measures for ``--duration`` seconds and prints:
+
+- decisions/s achieved, end-to-end latency (client send -> response received) p50/p99/max,
+  the outcome round trip p50/p99, errors;
+- the server's own histograms over the measured window (``/metrics``, bucket upper bounds):
+  the brain's decision, the wait for the decision's group commit, and the whole request.
+
+Targets on 2 cores: 1,000 concurrent sessions held open; at 1,000 decisions/s end-to-end p99
+under 10 ms and server decision p99 under 2 ms; no errors. This script imports ``serving``
+and the standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import multiprocessing as mp
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from serving.client import BossClient
+
+CONTEXT = {"frequent_actions": ["light_attack", "dodge"], "dodge_frequency": 0.6,
+           "attack_patterns": ["combo"], "movement_style": "aggressive", "reaction_time": 0.3,
+           "health_percentage": 0.7, "difficulty_preference": "normal",
+           "session_duration": 20.0, "recent_deaths": 2, "equipment_level": 5}
+STYLES = ("aggressive", "defensive", "balanced", "evasive")
+HISTOGRAMS = {"decision (brain)": "bosslab_decision_seconds",
+              "decision store (group commit)": "bosslab_decision_store_seconds",
+              "request (frame to answer)": "bosslab_request_seconds",
+              "outcome (frame to learning_update)": "bosslab_outcome_seconds"}
+
+
+# --- the server -----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def http(method: str, url: str, body: dict[str, Any] | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, str]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method,
+                                     headers={"Content-Type": "application/json",
+                                              **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def start_server(args: argparse.Namespace, workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    from serving.bundle import write_scripted_bundle  # noqa: PLC0415 (not in the clients)
+
+    bundle = args.bundle or write_scripted_bundle(workdir / "bundle")
+    database = args.database or f"sqlite:///{workdir / 'serving.db'}"
+    command = [sys.executable, "-m", "serving", "--bundle", str(bundle), "--port", str(port),
+               "--database-url", database, "--log-level", "WARNING",
+               "--max-connections", str(args.sessions + 100)]
+    log = (workdir / "server.log").open("wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited: see {workdir / 'server.log'}")
+        try:
+            if http("GET", f"http://127.0.0.1:{port}/api/v1/health")[0] == 200:
+                return process
+        except OSError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise SystemExit("the server did not start within 60 s")
+
+
+def register(base: str) -> dict[str, Any]:
+    status, text = http("POST", f"{base}/api/v1/games/register", {
+        "game_id": f"bench-{os.getpid()}", "name": "benchmark",
+        "vocabulary": {"boss_actions": ["attack", "defend", "special_move"]}})
+    if status != 201:
+        raise SystemExit(f"registration failed ({status}): {text}")
+    return dict(json.loads(text))
+
+
+def histogram(base: str) -> dict[str, dict[float, float]]:
+    """Cumulative bucket counts of each histogram of interest."""
+    _, text = http("GET", f"{base}/metrics")
+    out: dict[str, dict[float, float]] = {name: {} for name in HISTOGRAMS.values()}
+    for line in text.splitlines():
+        for name, buckets in out.items():
+            if line.startswith(f"{name}_bucket{{"):
+                bound = line.split('le="', 1)[1].split('"', 1)[0]
+                buckets[float(bound)] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> str:
+    """The bucket upper bound holding quantile ``q`` of the observations between two scrapes."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+    if total <= 0:
+        return "n/a"
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= q * total:
+            return "> 100 ms" if bound == float("inf") else f"<= {bound * 1000:g} ms"
+    return "n/a"
+
+
+# --- the clients ----------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    decisions: list[float] = field(default_factory=list)
+    outcomes: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    connected: int = 0
+
+    def error(self, kind: str) -> None:
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+
+
+async def open_sessions(base: str, game: dict[str, Any], count: int,
+                        tally: Tally) -> list[BossClient]:
+    gate = asyncio.Semaphore(25)
+
+    async def one(index: int) -> BossClient | None:
+        client = BossClient(base, game["game_id"], token=game["access_token"],
+                            session_id=f"s{os.getpid()}-{index}", try_timeout=5.0,
+                            heartbeat_interval=10.0)
+        async with gate:
+            try:
+                await client.connect()
+            except Exception as error:  # counted, reported
+                tally.error(f"connect: {type(error).__name__}")
+                return None
+        return client
+
+    clients = [c for c in await asyncio.gather(*(one(i) for i in range(count))) if c]
+    tally.connected = len(clients)
+    return clients
+
+
+async def play(client: BossClient, interval: float, start: float, measure_from: float,
+               stop_at: float, tally: Tally) -> None:
+    """One session: a move, then its outcome, every ``interval`` seconds."""
+    rng = random.Random()
+    tick = start + rng.uniform(0, interval)
+    context = {**CONTEXT, "movement_style": rng.choice(STYLES)}
+    while tick < stop_at:
+        await asyncio.sleep(max(0.0, tick - time.time()))
+        measured = tick >= measure_from
+        try:
+            sent = time.perf_counter()
+            move = await client.request_move(context, boss_health_percentage=rng.random())
+            asked = time.perf_counter()
+            await client.report_outcome(move["action_id"], "partial", rng.random())
+            if measured:
+                tally.decisions.append((asked - sent) * 1000)
+                tally.outcomes.append((time.perf_counter() - asked) * 1000)
+        except Exception as error:  # counted, reported
+            if measured:
+                tally.error(type(error).__name__)
+        tick += interval
+
+
+async def client_main(base: str, game: dict[str, Any], sessions: int, interval: float,
+                      ready: Any, go: Any, timing: Any, results: Any) -> None:
+    tally = Tally()
+    clients = await open_sessions(base, game, sessions, tally)
+    gc.collect()
+    gc.freeze()  # no full-heap collection pauses in the measurement
+    ready.release()
+    await asyncio.to_thread(go.wait)
+    start, measure_from, stop_at = timing[:]
+    cpu = asyncio.create_task(cpu_between(measure_from, stop_at))
+    await asyncio.gather(*(play(c, interval, start, measure_from, stop_at, tally)
+                           for c in clients))
+    still_open = sum(1 for c in clients if c.status and c.reconnects == 0)
+    await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+    results.put({"decisions": tally.decisions, "outcomes": tally.outcomes,
+                 "errors": tally.errors, "connected": tally.connected,
+                 "held": still_open, "cpu": await cpu})
+
+
+async def cpu_between(start: float, stop: float) -> float:
+    """CPU seconds this process used between two wall-clock times."""
+    await asyncio.sleep(max(0.0, start - time.time()))
+    used = time.process_time()
+    await asyncio.sleep(max(0.0, stop - time.time()))
+    return time.process_time() - used
+
+
+def client_process(*args: Any) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    asyncio.run(client_main(*args))
+
+
+# --- the report -----------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered) + 0.5) - 1))]
+
+
+def report(args: argparse.Namespace, parts: list[dict[str, Any]], before: dict[str, Any],
+           after: dict[str, Any]) -> None:
+    decisions = [v for p in parts for v in p["decisions"]]
+    outcomes = [v for p in parts for v in p["outcomes"]]
+    errors: dict[str, int] = {}
+    for part in parts:
+        for kind, count in part["errors"].items():
+            errors[kind] = errors.get(kind, 0) + count
+    rate = len(decisions) / args.duration
+    rows = [
+        ("sessions connected / held open", f"{sum(p['connected'] for p in parts)} / "
+                                           f"{sum(p['held'] for p in parts)}",
+         f">= {args.sessions}"),
+        ("decisions/s (target rate)", f"{rate:.0f} ({args.rate})", f">= {args.rate * 0.98:.0f}"),
+        ("end-to-end decision p50", f"{percentile(decisions, 0.5):.2f} ms", ""),
+        ("end-to-end decision p99", f"{percentile(decisions, 0.99):.2f} ms", "< 10 ms"),
+        ("end-to-end decision max", f"{max(decisions, default=float('nan')):.2f} ms", ""),
+        ("outcome round trip p50 / p99", f"{percentile(outcomes, 0.5):.2f} / "
+                                         f"{percentile(outcomes, 0.99):.2f} ms", ""),
+        ("errors", str(sum(errors.values())) + (f" {errors}" if errors else ""), "0"),
+        ("server CPU / all clients' CPU (of one core)",
+         f"{args.server_cpu:.0%} / {sum(p['cpu'] for p in parts) / args.duration:.0%}", ""),
+    ]
+    for label, name in HISTOGRAMS.items():
+        for q in (0.5, 0.99):
+            target = "< 2 ms" if name == "bosslab_decision_seconds" and q == 0.99 else ""
+            rows.append((f"server {label} p{int(q * 100)}",
+                         bucket_quantile(before[name], after[name], q), target))
+    print(f"\n{args.sessions} sessions, {args.rate} decisions/s target, {args.duration:g} s "
+          f"measured after {args.warmup:g} s warm-up, {args.clients} client processes, "
+          f"{os.cpu_count()} CPUs, load average before {args.load_before}")
+    print("| measure | value | target |\n|---|---|---|")
+    for label, value, target in rows:
+        print(f"| {label} | {value} | {target} |")
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=1000.0, help="decisions/s in total")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds measured")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--clients", type=int, default=4, help="client processes")
+    parser.add_argument("--database", help="database URL (default: SQLite in a temp dir)")
+    parser.add_argument("--bundle", type=Path, help="bundle to serve (default: scripted)")
+    args = parser.parse_args(argv)
+    if args.sessions < args.clients or args.rate <= 0 or args.duration <= 0:
+        parser.error("need --sessions >= --clients, --rate > 0 and --duration > 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    workdir = Path(tempfile.mkdtemp(prefix="bosslab-bench-"))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = start_server(args, workdir, port)
+    try:
+        run_load(args, base, server.pid)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+        print(f"(server log: {workdir / 'server.log'})")
+
+
+def run_load(args: argparse.Namespace, base: str, server_pid: int) -> None:
+    game = register(base)
+    context = mp.get_context("spawn")
+    ready, go, results = context.Semaphore(0), context.Event(), context.Queue()
+    interval = args.sessions / args.rate
+    timing = context.Array("d", 3)  # start, measure from, stop: set once all are connected
+    shares = [args.sessions // args.clients + (i < args.sessions % args.clients)
+              for i in range(args.clients)]
+    processes = [context.Process(target=client_process, args=(
+        base, game, share, interval, ready, go, timing, results)) for share in shares]
+    for process in processes:
+        process.start()
+    for _ in processes:
+        ready.acquire()
+    now = time.time()
+    timing[:] = [now + 0.5, now + 0.5 + args.warmup, now + 0.5 + args.warmup + args.duration]
+    go.set()
+    time.sleep(0.5 + args.warmup)
+    before, cpu_before = histogram(base), cpu_seconds(server_pid)
+    parts = [results.get(timeout=args.duration + 120) for _ in processes]
+    after = histogram(base)
+    args.server_cpu = (cpu_seconds(server_pid) - cpu_before) / args.duration
+    for process in processes:
+        process.join(30)
+    report(args, parts, before, after)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,461 @@
+"""The server's runtime: registered games, their brains and sessions, the decision and outcome
+paths. The routers (HTTP and WebSocket) only translate between the wire and these methods.
+
+Decision path (:meth:`Service.decide`), under the session's lock so moves count in order:
+request -> checked against the game's terms -> :class:`envs.observation.Situation` (the
+request plus the session's boss state: last move, habits) -> ``brain.decide`` -> a fresh
+``action_id`` (uuid4 hex) -> the decision is stored through the group-commit
+:class:`serving.writer.DecisionWriter` and *committed before the response is built*, so every
+action_id a game ever received is recognised after a crash -> the session counts the move.
+
+Outcome path (:meth:`Service.record_outcome`): the outcome goes through the group-commit
+:class:`serving.writer.OutcomeWriter` (committed, or a duplicate, or an unknown action) ->
+only when newly stored, the brain learns it (``Lesson``) and the player's profile counts it ->
+``learning_update``. A duplicate changes nothing and says ``duplicate: true``.
+
+At start (:meth:`Service.start`) every registered game gets a fresh brain from its bundle, and
+every stored lesson is replayed through ``brain.learn`` and into the session profiles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+import zlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Any, NamedTuple, Protocol
+
+from envs.observation import Situation
+from serving.auth import AuthError, check_api_key, hash_api_key, issue_token, new_api_key
+from serving.bundle import Bundle
+from serving.decisions import BossBrain, Lesson
+from serving.limits import ConnectionLimit
+from serving.metrics import LatencyWindow, Metrics
+from serving.protocol import (
+    ActionOutcome,
+    BossActionRequest,
+    GameTerms,
+    ProtocolError,
+    RegisterRequest,
+    check_request,
+    game_terms,
+    situation_from_json,
+    situation_json,
+    to_situation,
+)
+from serving.sessions import Session, Sessions, StoredLesson
+from serving.settings import Settings
+from serving.storage import (
+    DecisionRecord,
+    GameExists,
+    GameRecord,
+    OutcomeRecord,
+    Storage,
+    StorageUnavailable,
+    UnknownAction,
+)
+from serving.writer import DecisionWriter, OutcomeWriter
+
+log = logging.getLogger("serving.service")
+
+DECISION_COMMIT_INTERVAL = 0.002
+"""Seconds between two group commits of decisions at least (the writer's ``min_interval``):
+under load each commit carries every record of the interval, so its cost is shared. A
+decision's answer waits for its commit: short."""
+OUTCOME_COMMIT_INTERVAL = 0.008
+"""The same for outcomes, whose acknowledgement can wait longer: fewer, larger commits leave
+more of the CPU (and the GIL) to decisions."""
+RECENT_DECISIONS = 50_000
+"""Decisions kept in memory until their outcome arrives (older ones are read from storage)."""
+
+
+class Unavailable(Exception):  # noqa: N818 (the protocol's error code)
+    """The game cannot be served right now (storage down, its policy not loaded)."""
+
+
+class UnknownGame(KeyError):  # noqa: N818 (reads as the answer: 404 unknown game)
+    """No game is registered under this game_id."""
+
+
+class NotServable(ValueError):  # noqa: N818 (reads as the answer: 422 not servable)
+    """No loaded bundle serves a vocabulary (registration answers 422)."""
+
+
+class Drainable(Protocol):
+    """An open connection the service can close gracefully at shutdown."""
+
+    async def drain(self, timeout: float) -> None: ...
+
+
+class Issued(NamedTuple):
+    """A decision waiting for its outcome: what the brain learns from."""
+
+    situation: Situation
+    move: str
+    session_id: str
+
+
+class RecentDecisions:
+    """The newest decisions by action_id (FIFO-bounded); an outcome takes its decision out."""
+
+    def __init__(self, size: int = RECENT_DECISIONS) -> None:
+        self.size = size
+        self._items: OrderedDict[str, Issued] = OrderedDict()
+
+    def add(self, action_id: str, issued: Issued) -> None:
+        self._items[action_id] = issued
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def take(self, action_id: str) -> Issued | None:
+        return self._items.pop(action_id, None)
+
+
+@dataclass
+class GameRuntime:
+    """One registered game being served."""
+
+    record: GameRecord
+    bundle: Bundle
+    brain: BossBrain
+    terms: GameTerms
+    sessions: Sessions
+    recent: RecentDecisions = field(default_factory=RecentDecisions)
+    latency: LatencyWindow = field(default_factory=LatencyWindow)
+
+    @property
+    def game_id(self) -> str:
+        return self.record.game_id
+
+
+def _seed(game_id: str) -> int:
+    return zlib.crc32(game_id.encode())
+
+
+class Service:
+    """Games, brains, sessions, storage and the writers of one server."""
+
+    def __init__(self, settings: Settings, bundles: Sequence[Bundle], storage: Storage,
+                 metrics: Metrics) -> None:
+        self.settings = settings
+        self.bundles = list(bundles)
+        self.storage = storage
+        self.metrics = metrics
+        self.games: dict[str, GameRuntime] = {}
+        self.unserved: dict[str, str] = {}
+        """Registered games no loaded bundle serves -> why."""
+        self.connections: set[Drainable] = set()
+        self.connection_limit = ConnectionLimit(settings.max_connections)
+        self.draining = False
+        self.decision_writer = DecisionWriter(storage, min_interval=DECISION_COMMIT_INTERVAL)
+        self.outcome_writer = OutcomeWriter(storage, min_interval=OUTCOME_COMMIT_INTERVAL)
+
+    # --- start and stop ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create the schema, then load every registered game and replay its lessons (blocking:
+        runs in a thread before the server accepts connections)."""
+        self.storage.create_schema()
+        for game_id in self.storage.game_ids():
+            record = self.storage.get_game(game_id)
+            if record is None:
+                continue
+            try:
+                bundle = self.choose_bundle(record.vocabulary["boss_actions"], record.policy)
+            except NotServable as error:
+                self.unserved[game_id] = str(error)
+                log.error("game %s is not served: %s", game_id, error)
+                continue
+            game = self._runtime(record, bundle)
+            lessons = self._replay(game)
+            self.games[game_id] = game
+            log.info("game %s: %d lessons replayed, memory %d, policy %s", game_id, lessons,
+                     game.brain.memory_size(), bundle.manifest.policy_version)
+
+    def _replay(self, game: GameRuntime) -> int:
+        replayed = 0
+        for decision, outcome in self.storage.lessons(game.game_id):
+            situation = situation_from_json(decision.situation)
+            try:
+                game.brain.learn(Lesson(situation, decision.move, outcome.effectiveness_score,
+                                        decision.session_id))
+            except ValueError as error:
+                log.warning("lesson %s of game %s skipped: %s", decision.action_id,
+                            game.game_id, error)
+                continue
+            game.sessions.restore(decision.session_id, StoredLesson(
+                situation.player, decision.move, outcome.outcome, outcome.effectiveness_score,
+                decision.situation.get("habit_counts"), situation.boss.last_action,
+                decision.created_at))
+            replayed += 1
+        return replayed
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Stop taking messages, let in-flight ones finish (outcomes committed and answered),
+        then close every socket with 1012. Idempotent."""
+        if self.draining:
+            return
+        self.draining = True
+        open_now = list(self.connections)
+        log.info("draining %d connection(s)", len(open_now))
+        await asyncio.gather(*(c.drain(timeout) for c in open_now), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Drain, flush both writers, close storage."""
+        await self.drain()
+        await asyncio.to_thread(self.decision_writer.close)
+        await asyncio.to_thread(self.outcome_writer.close)
+        await asyncio.to_thread(self.storage.close)
+
+    # --- games ------------------------------------------------------------------------------
+
+    def choose_bundle(self, boss_actions: Sequence[str], policy: str | None) -> Bundle:
+        """The loaded bundle serving these boss actions (named ``policy`` if given)."""
+        serving = [b for b in self.bundles if b.serves(boss_actions)]
+        if policy is not None:
+            serving = [b for b in serving
+                       if policy in (b.manifest.name, b.manifest.policy_version)]
+        if serving:
+            return serving[0]
+        loaded = "; ".join(f"{b.manifest.name} ({b.manifest.policy_version}) serves "
+                           f"boss_actions [{', '.join(b.manifest.vocabulary['boss_actions'])}]"
+                           for b in self.bundles) or "none"
+        wanted = f"policy {policy!r} with " if policy else ""
+        raise NotServable(f"no loaded bundle serves {wanted}boss_actions "
+                          f"[{', '.join(boss_actions)}]. Loaded bundles: {loaded}. Register with "
+                          "the boss_actions of a loaded bundle, or start the server with "
+                          "--bundle PATH of a bundle exported for your game.")
+
+    def _runtime(self, record: GameRecord, bundle: Bundle) -> GameRuntime:
+        manifest = bundle.manifest
+        vocabulary = {**manifest.vocabulary,
+                      **{k: v for k, v in record.vocabulary.items() if v is not None}}
+        terms = game_terms(vocabulary, manifest.observation["names"],
+                           manifest.vocabulary["battle_phases"])
+        brain = bundle.new_brain(seed=_seed(record.game_id))
+        return GameRuntime(record, bundle, brain, terms, Sessions(brain.boss_actions))
+
+    def game(self, game_id: str) -> GameRuntime:
+        """The served game; raises :class:`Unavailable` if it is registered but not served,
+        :class:`UnknownGame` if it is not registered."""
+        game = self.games.get(game_id)
+        if game is not None:
+            return game
+        if game_id in self.unserved:
+            raise Unavailable(f"game {game_id!r} is registered but not served: "
+                              f"{self.unserved[game_id]}")
+        raise UnknownGame(f"game {game_id!r} is not registered: register it with POST "
+                          "/api/v1/games/register")
+
+    async def register(self, request: RegisterRequest) -> dict[str, Any]:
+        """Register a game; raises :class:`NotServable` or ``GameExists``."""
+        bundle = self.choose_bundle(request.vocabulary.boss_actions, request.policy)
+        if request.game_id in self.games or request.game_id in self.unserved:
+            raise GameExists(f"game {request.game_id!r} is already registered: pick another "
+                             "game_id, or get a token with POST /api/v1/games/{game_id}/token")
+        api_key = new_api_key()
+        hashed = await asyncio.to_thread(hash_api_key, api_key)
+        defaults = bundle.manifest.vocabulary
+        vocabulary = {name: getattr(request.vocabulary, name) or list(defaults[name])
+                      for name in ("boss_actions", "action_types", "environments",
+                                   "difficulty_levels")}
+        record = GameRecord(request.game_id, request.name, request.description, vocabulary,
+                            bundle.manifest.name, hashed, time.time())
+        await asyncio.to_thread(self.storage.add_game, record)
+        self.games[record.game_id] = self._runtime(record, bundle)
+        token, expires_in = issue_token(record.game_id, self.settings)
+        log.info("game %s registered, served by %s", record.game_id,
+                 bundle.manifest.policy_version)
+        return {"game_id": record.game_id, "api_key": api_key, "access_token": token,
+                "token_type": "bearer", "expires_in": expires_in}
+
+    async def new_token(self, game_id: str, api_key: str | None) -> dict[str, Any]:
+        """A fresh access token for the holder of the game's API key; raises AuthError."""
+        record = await asyncio.to_thread(self.storage.get_game, game_id)
+        if record is None:
+            raise AuthError("bad_api_key", f"game {game_id!r} is not registered or the "
+                            "X-API-Key is wrong")
+        await asyncio.to_thread(check_api_key, api_key, record.api_key_hash)
+        token, expires_in = issue_token(game_id, self.settings)
+        return {"access_token": token, "token_type": "bearer", "expires_in": expires_in}
+
+    # --- sessions ---------------------------------------------------------------------------
+
+    async def session(self, game: GameRuntime, session_id: str | None) -> Session:
+        """The session (a new id when None), recorded in storage once per server run."""
+        session = game.sessions.get(session_id or uuid.uuid4().hex)
+        if not session.stored:
+            try:
+                await asyncio.to_thread(self.storage.add_session, game.game_id,
+                                        session.session_id)
+                session.stored = True
+            except StorageUnavailable as error:
+                log.warning("session %s not recorded yet: %s", session.session_id, error)
+        return session
+
+    # --- decisions --------------------------------------------------------------------------
+
+    async def decide(self, game_id: str, session_id: str, request: BossActionRequest,
+                     received: float, request_id: str | None = None) -> dict[str, Any]:
+        """Serve one move; the decision is committed before this returns (see module doc)."""
+        game = self.game(game_id)
+        check_request(request, game.terms, request_id)
+        session = await self.session(game, session_id)
+        async with session.lock:
+            started = perf_counter()
+            situation = to_situation(request, session.habits.boss_state())
+            decision = game.brain.decide(situation)
+            decided = perf_counter()
+            action_id = uuid.uuid4().hex
+            stored_situation = {**situation_json(situation),
+                                "habit_counts": session.habits.snapshot()}
+            record = DecisionRecord(action_id, game_id, session.session_id, stored_situation,
+                                    decision.move, game.brain.policy_version, time.time())
+            await self._commit_decision(record)
+            session.habits.played(decision.move)
+            session.decisions += 1
+        game.recent.add(action_id, Issued(situation, decision.move, session.session_id))
+        latency_ms = (perf_counter() - received) * 1000.0
+        self._count_decision(game, decided - started, perf_counter() - decided, latency_ms)
+        return {
+            "action_id": action_id,
+            "boss_action": {"boss_action": decision.move, "action_type": decision.action_type,
+                            "parameters": dict(decision.parameters)},
+            "confidence": round(float(decision.confidence), 6),
+            "retrieved": int(decision.retrieved),
+            "policy_version": game.brain.policy_version,
+            "latency_ms": round(latency_ms, 3),
+        }
+
+    async def _commit_decision(self, record: DecisionRecord) -> None:
+        try:
+            future = self.decision_writer.submit(record)
+        except RuntimeError as error:  # the writer is closed: the server is stopping
+            raise Unavailable("the server is shutting down: nothing was stored; send the "
+                              "request again after reconnecting") from error
+        await asyncio.wrap_future(future)
+
+    def _count_decision(self, game: GameRuntime, decide_s: float, store_s: float,
+                        latency_ms: float) -> None:
+        self.metrics.decisions.labels(game.game_id).inc()
+        self.metrics.decision_seconds.observe(decide_s)
+        self.metrics.store_seconds.observe(store_s)
+        self.metrics.request_seconds.observe(latency_ms / 1000.0)
+        game.latency.add(latency_ms)
+
+    # --- outcomes ---------------------------------------------------------------------------
+
+    async def record_outcome(self, game_id: str, outcome: ActionOutcome,
+                             received: float) -> dict[str, Any]:
+        """Store an outcome (committed), then learn from it; see the module docstring.
+        Raises ``UnknownAction``, ``StorageUnavailable`` or :class:`Unavailable`."""
+        game = self.game(game_id)
+        record = OutcomeRecord(outcome.action_id, game_id, outcome.outcome,
+                               outcome.effectiveness_score, outcome.damage_dealt,
+                               outcome.player_hit, outcome.execution_time, time.time())
+        try:
+            future = self.outcome_writer.submit(record)
+        except RuntimeError as error:
+            raise Unavailable("the server is shutting down: nothing was stored; send the "
+                              "outcome again after reconnecting") from error
+        stored = await asyncio.wrap_future(future)
+        if not stored:
+            self.metrics.outcomes.labels(game_id, "duplicate").inc()
+            self.metrics.outcome_seconds.observe(perf_counter() - received)
+            return {"action_id": outcome.action_id, "duplicate": True,
+                    "memory_size": game.brain.memory_size(),
+                    "adapted": "nothing: this outcome was already stored"}
+        adapted, memory_size = await self._learn(game, outcome)
+        self.metrics.outcomes.labels(game_id, "stored").inc()
+        self.metrics.outcome_seconds.observe(perf_counter() - received)
+        return {"action_id": outcome.action_id, "duplicate": False,
+                "memory_size": memory_size, "adapted": adapted}
+
+    async def _learn(self, game: GameRuntime, outcome: ActionOutcome) -> tuple[str, int]:
+        """Teach the brain and the player's profile a newly stored outcome."""
+        issued = game.recent.take(outcome.action_id) or await self._stored_decision(
+            game, outcome.action_id)
+        if issued is None:
+            return ("stored; the memory learns it at the next start (its decision could not "
+                    "be read now)", game.brain.memory_size())
+        lesson = Lesson(issued.situation, issued.move, outcome.effectiveness_score,
+                        issued.session_id)
+        memory_size = game.brain.learn(lesson)
+        profile = game.sessions.get(issued.session_id).profile
+        record = profile.add_lesson(issued.situation.player, issued.move, outcome.outcome,
+                                    outcome.effectiveness_score)
+        mean = record.effectiveness
+        return (f"memory +1: {issued.move} {outcome.outcome} "
+                f"({outcome.effectiveness_score:.2f}); against this player {issued.move} "
+                f"averages {mean.mean:.2f} over {mean.count}", memory_size)
+
+    async def _stored_decision(self, game: GameRuntime, action_id: str) -> Issued | None:
+        try:
+            record = await asyncio.to_thread(self.storage.get_decision, game.game_id, action_id)
+        except StorageUnavailable as error:
+            log.warning("decision %s not readable for learning: %s", action_id, error)
+            return None
+        if record is None:
+            return None
+        return Issued(situation_from_json(record.situation), record.move, record.session_id)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def profile(self, game_id: str, session_id: str) -> dict[str, Any] | None:
+        session = self.game(game_id).sessions.find(session_id)
+        return None if session is None else session.to_json(game_id)
+
+    async def stats(self, game_id: str) -> dict[str, Any]:
+        game = self.game(game_id)
+        stored = await asyncio.to_thread(self.storage.stats, game_id)
+        return {
+            "game_id": game_id,
+            "open_sessions": game.sessions.open_count(),
+            "actions_served": stored.decisions,
+            "outcomes_stored": stored.outcomes,
+            "mean_effectiveness": stored.mean_effectiveness,
+            "action_mix": stored.action_mix,
+            "latency_ms": game.latency.percentiles(),
+            "memory_size": game.brain.memory_size(),
+            "policy_version": game.brain.policy_version,
+        }
+
+    async def health(self) -> dict[str, Any]:
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.storage.ping), timeout=3.0)
+            storage = "ok"
+        except StorageUnavailable as error:
+            storage = str(error)
+        except TimeoutError:
+            storage = "the database did not answer within 3 seconds"
+        versions = [b.manifest.policy_version for b in self.bundles]
+        healthy = storage == "ok" and bool(versions) and not self.draining
+        return {
+            "status": "ok" if healthy else "degraded",
+            "policy_version": versions[0] if versions else None,
+            "policies": versions,
+            "memory_size": sum(g.brain.memory_size() for g in self.games.values()),
+            "storage": storage,
+            "games": len(self.games),
+            "open_sockets": self.connection_limit.open,
+            "draining": self.draining,
+        }
+
+
+def classify(error: BaseException) -> tuple[str, str]:
+    """The protocol error ``(code, message)`` for an exception raised while handling a
+    message."""
+    if isinstance(error, ProtocolError):
+        return error.code, error.message
+    if isinstance(error, UnknownAction):
+        return "unknown_action", str(error)
+    if isinstance(error, (StorageUnavailable, Unavailable)):
+        return "unavailable", str(error)
+    return ("internal", f"the server failed to handle this message ({type(error).__name__}); "
+            "it was logged. Nothing was stored for it: send it again, and report it if it "
+            "persists")

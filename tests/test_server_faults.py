@@ -1,0 +1,121 @@
+"""Failures inside the server, through real sockets: storage down (``unavailable``, nothing
+stored, health degraded) and a failing brain (``internal``, the socket stays open). The app
+runs under uvicorn in a thread of this process so the test can break its parts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from serving.bundle import load_bundle, write_scripted_bundle
+from serving.settings import Settings
+from serving.storage import StorageUnavailable
+from serving.writer import DecisionWriter, OutcomeWriter
+from tests.server_helpers import (
+    SECRET,
+    ThreadServer,
+    ask,
+    connect,
+    free_port,
+    move_request,
+    outcome,
+    register,
+    run,
+    sqlite_url,
+)
+
+
+class DownStorage:
+    """A database that fails every call, as an unreachable one does."""
+
+    def _down(self, *_args: Any) -> Any:
+        raise StorageUnavailable("storage unavailable (injected: the database is down); "
+                                 "nothing was stored: send again")
+
+    add_decisions = add_outcomes = ping = add_session = get_decision = _down
+
+    def close(self) -> None:
+        pass
+
+
+class BrokenBrain:
+    """A brain whose decisions fail (a bug)."""
+
+    policy_version = "broken"
+    boss_actions: Sequence[str] = ("attack", "defend", "special_move")
+
+    def decide(self, _situation: Any) -> Any:
+        raise RuntimeError("the brain failed")
+
+    def learn(self, _lesson: Any) -> int:
+        return 0
+
+    def memory_size(self) -> int:
+        return 0
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ThreadServer]:
+    settings = Settings(port=free_port(), database_url=sqlite_url(tmp_path), secret_key=SECRET)
+    bundle = load_bundle(write_scripted_bundle(tmp_path / "bundle"))
+    running = ThreadServer(settings, [bundle])
+    yield running
+    running.stop()
+
+
+def test_storage_down_answers_unavailable_and_stores_nothing(server: ThreadServer) -> None:
+    game = register(server.url)
+    service = server.app.state.service
+
+    async def body() -> None:
+        ws, _ = await connect(server.ws_url, game)
+        move = (await ask(ws, "boss_action_request", move_request()))["data"]
+        real = (service.storage, service.decision_writer, service.outcome_writer)
+        down = DownStorage()
+        service.storage = down
+        service.decision_writer = DecisionWriter(down)  # type: ignore[arg-type]
+        service.outcome_writer = OutcomeWriter(down)  # type: ignore[arg-type]
+        for kind, data in (("boss_action_request", move_request()),
+                           ("action_outcome", outcome(move["action_id"]))):
+            answer = await ask(ws, kind, data, "while-down")
+            assert answer["request_id"] == "while-down"
+            assert answer["data"]["code"] == "unavailable"
+            assert "send again" in answer["data"]["message"]
+        health = httpx.get(f"{server.url}/api/v1/health")
+        assert health.status_code == 503 and health.json()["status"] == "degraded"
+        assert "injected" in health.json()["storage"]
+        service.decision_writer.close()
+        service.outcome_writer.close()
+        service.storage, service.decision_writer, service.outcome_writer = real
+        update = await ask(ws, "action_outcome", outcome(move["action_id"]))
+        assert update["data"]["duplicate"] is False  # the failed try stored nothing
+        await ws.close()
+
+    run(body())
+    assert httpx.get(f"{server.url}/api/v1/health").json()["status"] == "ok"
+
+
+def test_a_failing_handler_answers_internal_and_keeps_the_socket(server: ThreadServer) -> None:
+    game = register(server.url)
+    runtime = server.app.state.service.games[game.game_id]
+
+    async def body() -> None:
+        ws, _ = await connect(server.ws_url, game)
+        working = runtime.brain
+        runtime.brain = BrokenBrain()
+        answer = await ask(ws, "boss_action_request", move_request(), "boom")
+        assert answer["request_id"] == "boom" and answer["data"]["code"] == "internal"
+        assert "RuntimeError" in answer["data"]["message"]
+        runtime.brain = working
+        again = await ask(ws, "boss_action_request", move_request())
+        assert again["type"] == "boss_action_response"
+        await ws.close()
+
+    run(body())
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'bosslab_errors_total{code="internal"} 1.0' in metrics
+    assert 'bosslab_errors_total{code="unavailable"}' not in metrics

@@ -1,0 +1,94 @@
+"""The server's small parts, in milliseconds: habits counted as the simulator counts them, the
+rate limit, the latency window, the message codec."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from envs.backend import ScalarOps
+from envs.observation import PlayerContext, Situation
+from serving.limits import ALLOW, FLOOD, LIMITED, ConnectionLimit, FloodGuard
+from serving.metrics import LatencyWindow
+from serving.protocol import (
+    ProtocolError,
+    parse_message,
+    peek_request_id,
+    situation_from_json,
+    situation_json,
+)
+from serving.sessions import HabitCounter
+
+MOVES = ("attack", "defend", "special_move")
+
+
+def test_habits_match_the_kernels_counts_and_shares() -> None:
+    counter = HabitCounter(MOVES)
+    table = [[0.0] * 3 for _ in range(4)]  # the kernel's habits and habits_total
+    totals = [0.0] * 4
+    last = -1
+    for move in ["attack", "attack", "defend", "attack", "special_move", "attack", "defend"]:
+        state = counter.boss_state()
+        expected = ScalarOps.row_shares(table, totals, last + 1)
+        assert state.habits == pytest.approx(expected)
+        assert state.last_action == (None if last < 0 else MOVES[last])
+        counter.played(move)
+        index = MOVES.index(move)
+        table[last + 1][index] += 1.0
+        totals[last + 1] += 1.0
+        last = index
+    assert counter.boss_state().habits == pytest.approx([1 / 3, 0.0, 0.0])  # defend->attack
+
+
+def test_habits_restore_from_a_snapshot() -> None:
+    counter = HabitCounter(MOVES)
+    for move in ("attack", "defend", "attack"):
+        counter.played(move)
+    copy = HabitCounter(MOVES, counter.snapshot(), counter.last)
+    assert copy.boss_state() == counter.boss_state()
+
+
+def test_flood_guard_limits_then_floods_and_forgives_a_pause() -> None:
+    guard = FloodGuard(rate=10, burst=5, now=0.0)
+    assert [guard.check(0.0) for _ in range(5)] == [ALLOW] * 5
+    assert [guard.check(0.0) for _ in range(5)] == [LIMITED] * 5
+    assert guard.check(0.0) is FLOOD  # burst + 1 refusals without a pause
+    calm = FloodGuard(rate=10, burst=5, now=0.0)
+    for _ in range(8):
+        calm.check(0.0)
+    assert calm.check(0.3) is ALLOW  # refilled to half: the strikes are forgiven
+    assert calm.strikes == 0
+
+
+def test_connection_limit() -> None:
+    limit = ConnectionLimit(2)
+    assert limit.acquire() and limit.acquire() and not limit.acquire()
+    limit.release()
+    assert limit.acquire()
+
+
+def test_latency_window_percentiles() -> None:
+    window = LatencyWindow(size=100)
+    assert window.percentiles() == {"p50": None, "p99": None}
+    for value in range(1, 201):
+        window.add(float(value))  # only the last 100 are kept: 101..200
+    assert window.percentiles() == {"p50": 150.0, "p99": 199.0}
+
+
+def test_situations_round_trip_through_json() -> None:
+    situation = Situation(PlayerContext(frequent_actions=("dodge",), dodge_frequency=0.3),
+                          boss_health_percentage=0.4, battle_phase="late_battle",
+                          environment="cave", distance=5.0, difficulty="hard")
+    stored = json.loads(json.dumps({**situation_json(situation), "habit_counts": [[1.0]]}))
+    assert situation_from_json(stored) == situation
+
+
+def test_codec_echoes_request_ids_and_bounds_them() -> None:
+    assert peek_request_id('{"request_id": "abc", "type": 5}') == "abc"
+    assert peek_request_id("{broken") is None
+    with pytest.raises(ProtocolError) as long_id:
+        parse_message(json.dumps({"type": "heartbeat", "request_id": "x" * 200}))
+    assert long_id.value.code == "invalid_message" and long_id.value.request_id is None
+    message = parse_message('{"type": "heartbeat", "request_id": "r"}')
+    assert message.type == "heartbeat" and message.request_id == "r"
