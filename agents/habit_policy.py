@@ -43,12 +43,16 @@ class HabitSkipExtractor(MlpExtractor):
 
 
 class _HabitAware:
-    """What both policies share: the extractor, the initial habit weights, saving them."""
+    """What both policies share: the extractor, the initial habit weights, saving them.
+
+    A mixin placed before SB3's policy class, so ``super()`` reaches that class.
+    """
 
     habits: tuple[int, int]
     habit_weight: float
 
-    def _init_habits(self, habits: tuple[int, int] | list[int], habit_weight: float) -> None:
+    def __init__(self, *args: Any, habits: tuple[int, int] | list[int],
+                 habit_weight: float = 8.0, **kwargs: Any) -> None:
         start, stop = (int(v) for v in habits)
         if not 0 <= start < stop:
             raise ValueError(f"habits must be the (start, stop) positions of the observation's "
@@ -56,6 +60,7 @@ class _HabitAware:
         # Set before nn.Module.__init__ runs _build, which reads them.
         object.__setattr__(self, "habits", (start, stop))
         object.__setattr__(self, "habit_weight", float(habit_weight))
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
 
     def _build_mlp_extractor(self) -> None:
         policy: Any = self
@@ -63,44 +68,22 @@ class _HabitAware:
             policy.features_dim, self.habits, net_arch=policy.net_arch,
             activation_fn=policy.activation_fn, device=policy.device)
 
-    def _init_habit_logits(self) -> None:
+    def _build(self, lr_schedule: Any) -> None:
+        super()._build(lr_schedule)  # type: ignore[misc]
         action_net: Any = getattr(self, "action_net")  # noqa: B009 (built by SB3's _build)
         size = self.habits[1] - self.habits[0]
         with torch.no_grad():
             action_net.weight[:, -size:] = -self.habit_weight * torch.eye(
                 action_net.out_features, size)
 
-    def _habit_parameters(self) -> dict[str, Any]:
-        return {"habits": self.habits, "habit_weight": self.habit_weight}
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        parameters: dict[str, Any] = super()._get_constructor_parameters()  # type: ignore[misc]
+        return {**parameters, "habits": self.habits, "habit_weight": self.habit_weight}
 
 
 class HabitAwarePolicy(_HabitAware, ActorCriticPolicy):
     """SB3's ``MlpPolicy`` (PPO, A2C) with the habit path (see the module docstring)."""
 
-    def __init__(self, *args: Any, habits: tuple[int, int], habit_weight: float = 8.0,
-                 **kwargs: Any) -> None:
-        self._init_habits(habits, habit_weight)
-        super().__init__(*args, **kwargs)
-
-    def _build(self, lr_schedule: Any) -> None:
-        super()._build(lr_schedule)
-        self._init_habit_logits()
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        return {**super()._get_constructor_parameters(), **self._habit_parameters()}
-
 
 class MaskableHabitAwarePolicy(_HabitAware, MaskableActorCriticPolicy):
     """sb3-contrib's maskable ``MlpPolicy`` with the habit path."""
-
-    def __init__(self, *args: Any, habits: tuple[int, int], habit_weight: float = 8.0,
-                 **kwargs: Any) -> None:
-        self._init_habits(habits, habit_weight)
-        super().__init__(*args, **kwargs)
-
-    def _build(self, lr_schedule: Any) -> None:
-        super()._build(lr_schedule)
-        self._init_habit_logits()
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        return {**super()._get_constructor_parameters(), **self._habit_parameters()}
