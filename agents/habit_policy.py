@@ -60,7 +60,7 @@ class _HabitAware:
         # Set before nn.Module.__init__ runs _build, which reads them.
         object.__setattr__(self, "habits", (start, stop))
         object.__setattr__(self, "habit_weight", float(habit_weight))
-        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        super().__init__(*args, **kwargs)
 
     def _build_mlp_extractor(self) -> None:
         policy: Any = self
