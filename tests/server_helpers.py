@@ -85,8 +85,22 @@ def sqlite_url(directory: Path) -> str:
     return f"sqlite:///{directory / 'serving.db'}"
 
 
+class LoopbackAddress:
+    """The HTTP and WebSocket base URLs of a server on 127.0.0.1:``port``."""
+
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+
 @dataclass
-class ServerProcess:
+class ServerProcess(LoopbackAddress):
     """``python -m serving`` in a subprocess."""
 
     bundle: Path
@@ -96,14 +110,6 @@ class ServerProcess:
     env: Mapping[str, str] = field(default_factory=dict)
     args: Sequence[str] = ()
     process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
 
     def start(self) -> ServerProcess:
         env = {**os.environ, "BOSSLAB_DATABASE_URL": self.database_url,
@@ -157,7 +163,7 @@ def start_server(tmp: Path, bundle: Path, *, database_url: str | None = None,
     return server.start()
 
 
-class ThreadServer:
+class ThreadServer(LoopbackAddress):
     """The app under uvicorn in a thread of this process: ``.app.state.service`` is reachable
     for fault injection. Stop with :meth:`stop`."""
 
@@ -172,14 +178,6 @@ class ThreadServer:
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         wait_until(lambda: self.server.started, START_TIMEOUT, "the thread server to start")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
         self.server.should_exit = True
