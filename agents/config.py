@@ -40,6 +40,10 @@ class PolicyKwargs:
     """null: SB3's MlpPolicy. A number (actor-critic agents): agents.habit_policy's policy, whose
     move logits also get a learnable linear map of the boss's move habits, initialized to
     -habit_weight * identity (players who learn patterns punish habitual moves)."""
+    habit_blind: bool = False
+    """With habit_weight set: hide the habit block from the actor's network, so the habits
+    reach the move logits only through that linear path (the network cannot learn to cancel
+    it)."""
 
 
 @dataclass
@@ -92,6 +96,10 @@ class AgentConfig:
             raise ValueError("agent.policy_kwargs.habit_weight is for actor-critic agents (ppo, "
                              "maskable_ppo, a2c): set agent.policy_kwargs.habit_weight=null "
                              "for dqn.")
+        if self.policy_kwargs.habit_blind and self.policy_kwargs.habit_weight is None:
+            raise ValueError("agent.policy_kwargs.habit_blind=true hides the habits from the "
+                             "actor's network in favour of the habit path: also set "
+                             "agent.policy_kwargs.habit_weight (e.g. 8).")
         if self.policy_kwargs.activation_fn not in ACTIVATIONS:
             raise ValueError(f"agent.policy_kwargs.activation_fn="
                              f"{self.policy_kwargs.activation_fn!r} is unknown: use one of "

@@ -44,7 +44,8 @@ def make_agent(config: AgentConfig, env: VecEnv, seed: int) -> BaseAlgorithm:
     policy: str | type[BasePolicy] = config.policy
     if network.habit_weight is not None:
         policy = MaskableHabitAwarePolicy if config.algo == "maskable_ppo" else HabitAwarePolicy
-        policy_kwargs |= {"habits": habit_block(env), "habit_weight": network.habit_weight}
+        policy_kwargs |= {"habits": habit_block(env), "habit_weight": network.habit_weight,
+                          "habit_blind": network.habit_blind}
     return algorithm(policy, env, policy_kwargs=policy_kwargs, seed=seed,
                      device=config.device, verbose=0, **config.hyperparameters())
 

@@ -80,3 +80,24 @@ def test_the_habit_path_learns_and_survives_save_and_load(tmp_path: Path) -> Non
 def test_dqn_refuses_a_habit_weight() -> None:
     with pytest.raises(ValueError, match="habit_weight=null"):
         DQNConfig(policy_kwargs=PolicyKwargs(habit_weight=8.0)).validate()
+
+
+def test_a_blind_actor_sees_the_habits_only_through_the_habit_path() -> None:
+    env = duel_env()
+    config = PPOConfig(n_steps=16, batch_size=64, n_epochs=1,
+                       policy_kwargs=PolicyKwargs(habit_weight=0.0, habit_blind=True))
+    model = make_agent(config, env, seed=0)
+    start, stop = habit_block(env)
+    calm = env.reset()[:1].copy()
+    habitual = calm.copy()
+    habitual[0, start:stop] = [0.9, 0.05, 0.05]
+    # With a zero habit path, changing the habits changes nothing the actor computes...
+    assert torch.allclose(probabilities(model, calm), probabilities(model, habitual))
+    # ...while a seeing actor's network reacts to them.
+    seeing = make_agent(habit_config(PPOConfig, 0.0), env, seed=0)
+    assert not torch.allclose(probabilities(seeing, calm), probabilities(seeing, habitual))
+
+
+def test_habit_blind_needs_a_habit_weight() -> None:
+    with pytest.raises(ValueError, match="habit_weight"):
+        PPOConfig(policy_kwargs=PolicyKwargs(habit_blind=True)).validate()
