@@ -339,12 +339,18 @@ def calibrate(boss: BossPolicy, game: GameDefinition, config: TrainConfig,
 
 def value_range(model: BaseAlgorithm, inputs: np.ndarray,
                 memory: EpisodicMemory) -> tuple[float, float]:
-    """[lo, hi] of the policy's value units: percentiles of its critic values (Q-values for a
-    DQN) on the recorded inputs and of the memory's stored values."""
+    """[lo, hi] of the policy's value units: the union of the percentile ranges of its critic
+    values (Q-values for a DQN) on the recorded inputs and of the memory's stored values.
+
+    Each source gets its own percentiles: the recorded inputs give tens of thousands of values
+    and the memory perhaps a few hundred, so percentiles of the two pooled would ignore a
+    memory whose returns lie outside the network's values (an undertrained Q-network), and
+    then clip every memory to one end of the range."""
     outputs = torch_outputs(model, inputs)
     own = outputs[VALUE] if VALUE in outputs else outputs["scores"]
-    values = np.concatenate([np.ravel(own), memory.records().values.astype(np.float64)])
-    lo, hi = (float(v) for v in np.percentile(values, VALUE_PERCENTILES))
+    sources = [np.ravel(own).astype(np.float64), memory.records().values.astype(np.float64)]
+    ranges = [np.percentile(values, VALUE_PERCENTILES) for values in sources if len(values)]
+    lo, hi = float(min(r[0] for r in ranges)), float(max(r[1] for r in ranges))
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi - lo < 1e-6:
         middle = lo if math.isfinite(lo) else 0.0
         return middle - 0.5, middle + 0.5
