@@ -8,8 +8,13 @@ the boss never picks one, whatever the network learnt. Deterministic play is not
 policy was optimized for: a boss that mixes moves to keep a fight close turns into one that
 always blocks, and an adaptive player learns its fixed pattern.
 
+``explain(observations, action_masks)`` says what the boss weighed at each decision (an
+:class:`envs.replay.Explanation`: the action probabilities or Q-values per move and, for an
+actor-critic, the critic's state value); replays (:func:`envs.replay.record_fight`) show it.
+
 >>> boss = load_policy("model.zip")
 >>> moves = boss.select_moves(observations, action_masks)
+>>> boss.explain(observations, action_masks)[0].values  # what it weighed, per move
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from stable_baselines3.dqn.policies import DQNPolicy
 
 from agents.factory import load_agent
 from envs.bosses import masked_argmax, masked_sample
+from envs.replay import Explanation
 
 ACTOR_CRITICS = ActorCriticPolicy | MaskableActorCriticPolicy
 """Policies whose action probabilities rank the moves (PPO, A2C; MaskablePPO)."""
@@ -57,6 +63,36 @@ class SB3BossPolicy:
                 assert isinstance(distribution, torch.distributions.Categorical)
                 values = distribution.probs
         return values.cpu().numpy().astype(np.float64)
+
+    def state_values(self, observations: np.ndarray) -> np.ndarray | None:
+        """(n,): the critic's value of each observation; None for a DQN (it has no critic)."""
+        policy = self.model.policy
+        if isinstance(policy, DQNPolicy):
+            return None
+        assert isinstance(policy, ACTOR_CRITICS)
+        policy.set_training_mode(False)
+        obs, _ = policy.obs_to_tensor(np.asarray(observations, dtype=np.float32))
+        with torch.no_grad():
+            values = policy.predict_values(obs)
+        return values.cpu().numpy().astype(np.float64).reshape(-1)
+
+    @property
+    def value_kind(self) -> str:
+        """What :meth:`move_values` are and how they are played, for explanations."""
+        if isinstance(self.model.policy, DQNPolicy):
+            return "Q-values (plays the highest legal)"
+        if self.deterministic:
+            return "action probabilities (plays the most probable legal)"
+        return "action probabilities (draws among the legal moves)"
+
+    def explain(self, observations: np.ndarray,
+                action_masks: np.ndarray) -> list[Explanation]:
+        """Per row, the values :meth:`select_moves` weighs (unmasked) and the state value."""
+        values = self.move_values(observations)
+        states = self.state_values(observations)
+        return [Explanation(kind=self.value_kind, values=tuple(map(float, row)),
+                            scalars={} if states is None else {"state value": float(states[i])})
+                for i, row in enumerate(values)]
 
     def select_moves(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
         """Per env, a legal move (drawn, or the most valued one), as (n,) int64."""

@@ -62,6 +62,14 @@ dones and infos (unnormalized through a ``VecNormalize``, if any). Evaluation ke
 without gradient steps: every boss here has ``observe(...)``, the writer's ``record``, to call
 after each env step (online adaptation).
 
+## Explaining
+Every boss here has ``explain(observations, action_masks)``: per row an
+:class:`envs.replay.Explanation` with the values it ranks (blended, memory or the model's
+action probabilities), the per-move parts they came from (``learned``, ``memory``, ``lambda``:
+the effective blend weight of each move, ``found``: neighbours found, ``distance``: the squashed
+mean distance) and the k nearest entries of each move (:class:`envs.replay.Neighbour`, with
+their kernel weights, returns, outcomes and persona tags). Replays show them per decision.
+
 Example::
 
     memory = EpisodicMemory(MemoryConfig(dim=embedder.dim, moves=3))
@@ -74,7 +82,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple, get_args
 
 import gymnasium as gym
@@ -91,13 +99,17 @@ from agents.vec_env import StepReturn
 from envs.boss_fight import BossFightVectorEnv
 from envs.bosses import masked_argmax
 from envs.observation import ObservationLayout
+from envs.replay import Explanation, Neighbour
 from rag.embedders import Embedder
-from rag.memory import EpisodicMemory
+from rag.memory import EpisodicMemory, Records
 from rag.retrieval import (
     DEFAULT_DELTA,
     DEFAULT_DISTANCE_SCALE,
+    MoveNeighbours,
     RetrievalFeatures,
     blend_values,
+    blend_weights,
+    kernel_weights,
     retrieval_features,
 )
 
@@ -632,6 +644,26 @@ class _MemoryBoss:
         raw = raw_observations(observations, self.layout.size)
         return neighbour_features(self.memory, self.embedder, raw, self.config)
 
+    def search(self, observations: np.ndarray) -> tuple[MoveNeighbours, RetrievalFeatures]:
+        """The k nearest entries of each move and what they say (the same as :meth:`features`)."""
+        raw = raw_observations(observations, self.layout.size)
+        hits = self.memory.search(self.embedder.embed(raw), self.config.k)
+        return hits, retrieval_features(hits, delta=self.config.delta,
+                                        distance_scale=self.config.distance_scale)
+
+    def neighbours(self, hits: MoveNeighbours) -> list[tuple[Neighbour, ...]]:
+        """Per query, the entries found: move, distance, kernel weight, return, outcome, persona."""
+        records = self.memory.records()
+        weights = kernel_weights(hits.distances, self.config.delta)
+        return [tuple(_neighbour(records, hits, weights, (q, int(move), int(j)))
+                      for move, j in zip(*np.nonzero(hits.ids[q] >= 0), strict=True))
+                for q in range(len(hits.ids))]
+
+    def memory_parts(self, features: RetrievalFeatures, row: int) -> dict[str, tuple[float, ...]]:
+        """The memory's per-move numbers for one query: value, neighbours found, distance."""
+        return {"memory": _floats(features.values[row]), "found": _floats(features.counts[row]),
+                "distance": _floats(features.distances[row])}
+
     def observe(self, observations: np.ndarray, moves: np.ndarray, rewards: np.ndarray,
                 dones: np.ndarray, infos: Sequence[Mapping[str, Any]] | Mapping[str, Any],
                 truncated: np.ndarray | None = None) -> np.ndarray:
@@ -664,6 +696,24 @@ class ValueBlendedBoss(_MemoryBoss):
     def select_moves(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
         return masked_argmax(self.move_values(observations), action_masks)
 
+    def explain(self, observations: np.ndarray,
+                action_masks: np.ndarray) -> list[Explanation]:
+        """Per row: the blended values, the learned and memory values, lambda, the neighbours."""
+        raw = raw_observations(observations, self.layout.size)
+        hits, features = self.search(raw)
+        learned = np.asarray(self.q_values_fn(raw))
+        blended = blend_values(learned, features.values, features.counts, features.distances,
+                               lam=self.config.lam, k=self.config.k)
+        lam_eff = blend_weights(features.counts, features.distances, self.config.lam,
+                                self.config.k)
+        found = self.neighbours(hits)
+        return [Explanation(
+            kind="blended Q-values (plays the highest legal)", values=_floats(blended[i]),
+            parts={"learned": _floats(learned[i]), "lambda": _floats(lam_eff[i]),
+                   **self.memory_parts(features, i)},
+            scalars={"lam": self.config.lam, "k": self.config.k}, neighbours=found[i])
+            for i in range(len(raw))]
+
 
 class MemoryOnlyBoss(_MemoryBoss):
     """MFEC: the legal move with the highest kernel-weighted memory value.
@@ -685,7 +735,22 @@ class MemoryOnlyBoss(_MemoryBoss):
 
     def move_values(self, observations: np.ndarray) -> np.ndarray:
         """The memory's value of every move, (n, moves) float64, unmasked."""
-        features = self.features(observations)
+        return self._values(self.features(observations))
+
+    def explain(self, observations: np.ndarray,
+                action_masks: np.ndarray) -> list[Explanation]:
+        """Per row: the values played (unvisited moves filled in), the memory's, the neighbours."""
+        hits, features = self.search(observations)
+        values = self._values(features)
+        found = self.neighbours(hits)
+        scalars: dict[str, float] = {"k": self.config.k}
+        if self.unvisited_value is not None:
+            scalars["unvisited value"] = self.unvisited_value
+        return [Explanation(kind="memory values (plays the highest legal, ties drawn)",
+                            values=_floats(values[i]), parts=self.memory_parts(features, i),
+                            scalars=scalars, neighbours=found[i]) for i in range(len(values))]
+
+    def _values(self, features: RetrievalFeatures) -> np.ndarray:
         values = features.values.astype(np.float64)
         visited = features.counts > 0
         if self.unvisited_value is None:
@@ -739,6 +804,34 @@ class RetrievalPolicyBoss(_MemoryBoss):
 
     def select_moves(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
         return self.policy.select_moves(self.augmented(observations), action_masks)
+
+    def explain(self, observations: np.ndarray,
+                action_masks: np.ndarray) -> list[Explanation]:
+        """Per row: the model's explanation of the augmented input, the memory's side of it."""
+        raw = raw_observations(observations, self.layout.size)
+        hits, features = self.search(raw)
+        inputs = np.concatenate([raw, feature_rows(features, self.config)], axis=1)
+        found = self.neighbours(hits)
+        return [replace(model, parts={**model.parts, **self.memory_parts(features, i)},
+                        scalars={**model.scalars, "k": self.config.k}, neighbours=found[i])
+                for i, model in enumerate(self.policy.explain(inputs, action_masks))]
+
+
+def _neighbour(records: Records, hits: MoveNeighbours, weights: np.ndarray,
+               at: tuple[int, int, int]) -> Neighbour:
+    """The entry at (query, move, rank) of ``hits``, its outcome and persona from ``records``."""
+    entry = int(hits.ids[at])
+    row = int(np.searchsorted(records.ids, entry))
+    known = row < len(records.ids) and int(records.ids[row]) == entry
+    return Neighbour(move=at[1], distance=float(hits.distances[at]), weight=float(weights[at]),
+                     value=float(hits.values[at]),
+                     outcome=float(records.outcomes[row]) if known else float("nan"),
+                     persona=str(records.personas[row]) if known else UNKNOWN_PERSONA,
+                     id=entry)
+
+
+def _floats(row: np.ndarray) -> tuple[float, ...]:
+    return tuple(float(x) for x in np.asarray(row).reshape(-1))
 
 
 __all__ = [

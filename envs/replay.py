@@ -3,12 +3,21 @@
 :func:`record_fight` plays one fight of a :class:`envs.boss_fight.BossFightEnv` with a
 :class:`envs.bosses.BossPolicy` and keeps, for every decision, the picture after the exchange
 (a :class:`envs.render.Frame`), the player context the policy saw, the legal moves, the move
-chosen, the reward and optional extras (what a policy wants to show: move values, the
-memories a retrieval-augmented policy retrieved, ...).
+chosen, the reward, what the boss weighed (an :class:`Explanation`, when the policy has an
+``explain`` method: see :class:`ExplainingBoss`) and optional free-form extras.
+
+Explanations. A boss that can say why it chose (the trained bosses of ``agents/``) implements
+``explain(observations, action_masks) -> Sequence[Explanation]``, one per row: the values it
+ranked or drew from, per move (action probabilities, Q-values, blended values), the per-move
+parts they were made of (a retrieval-augmented boss: the learned values, the memory's values,
+the blend weight lambda), single numbers (the critic's state value, ``lam``, ``k``) and the
+memory entries it retrieved (:class:`Neighbour`: move, distance, kernel weight, return, outcome,
+persona tag). envs/ defines the types; agents/ fills them, so envs/ never imports agents/.
 
 A :class:`Replay` saves as one self-contained HTML page (:meth:`Replay.save_html`: inline CSS
 and JS, the replay embedded as JSON, works offline) with an animated arena, play/pause,
-stepping, a speed control and a timeline table of every decision; or as an animated GIF of
+stepping, a speed control, a panel per decision (the player context, a bar chart of the values
+per move, the retrieved neighbours) and a timeline table of every decision; or as an animated GIF of
 :func:`envs.render.rgb_array` pictures (:meth:`Replay.save_gif`, needs Pillow).
 
 Example:
@@ -24,10 +33,10 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -35,6 +44,83 @@ from envs import render
 from envs.observation import ObservationLayout, PlayerContext, describe_context
 
 Extras = Callable[[np.ndarray, np.ndarray], Mapping[str, Any]]
+OUTCOME_NAMES = {1.0: "boss won", 0.0: "player won", 0.5: "timeout"}
+"""How the memory's outcome numbers read (``rag.memory``'s convention)."""
+
+
+class Neighbour(NamedTuple):
+    """One memory entry a boss retrieved when it decided (one of a move's k nearest)."""
+
+    move: int
+    """The boss move the entry recorded, an index into the game's moves."""
+    distance: float
+    """Squared L2 distance between the entry's key and the decision's key."""
+    weight: float
+    """Its kernel weight among the move's neighbours (``rag.retrieval.kernel_weights``)."""
+    value: float
+    """The return that followed the entry's move."""
+    outcome: float
+    """How that fight ended: 1 boss won, 0 player won, 0.5 timeout."""
+    persona: str
+    """The entry's persona tag."""
+    id: int
+    """The entry's id in the memory."""
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What a boss weighed at one decision; every per-move tuple is in the game's move order."""
+
+    kind: str
+    """What ``values`` are and how the boss plays them, e.g. ``Q-values (the highest legal)``."""
+    values: tuple[float, ...]
+    """The values the boss ranked or drew from, one per move, before illegal moves are masked."""
+    parts: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    """Per-move numbers ``values`` came from, e.g. ``learned``, ``memory``, ``lambda``."""
+    scalars: Mapping[str, float] = field(default_factory=dict)
+    """Single numbers, e.g. the critic's ``state value``, ``lam``, ``k``."""
+    neighbours: tuple[Neighbour, ...] = ()
+    """What the memory retrieved for this decision (the k nearest entries of each move)."""
+
+    def check(self, moves: Sequence[str]) -> None:
+        """Fail if a per-move tuple or a neighbour's move does not fit the game's moves."""
+        for name, row in {"values": self.values, **self.parts}.items():
+            if len(row) != len(moves):
+                raise ValueError(f"explanation {name!r} has {len(row)} entries but the game has "
+                                 f"{len(moves)} moves ({', '.join(moves)}): give one per move.")
+        for neighbour in self.neighbours:
+            if not 0 <= neighbour.move < len(moves):
+                raise ValueError(f"retrieved neighbour {neighbour.id} has move "
+                                 f"{neighbour.move}; this game has moves 0 to {len(moves) - 1}.")
+
+    def named(self, moves: Sequence[str]) -> dict[str, Any]:
+        """As plain JSON types, per-move numbers keyed by the move names."""
+        def by_move(row: tuple[float, ...]) -> dict[str, Any]:
+            return {move: _plain(value) for move, value in zip(moves, row, strict=True)}
+
+        return {"kind": self.kind, "values": by_move(self.values),
+                "parts": {name: by_move(row) for name, row in self.parts.items()},
+                "scalars": _plain(dict(self.scalars)),
+                "neighbours": [_plain({**n._asdict(), "move": moves[n.move],
+                                       "outcome_name": outcome_name(n.outcome)})
+                               for n in self.neighbours]}
+
+
+@runtime_checkable
+class ExplainingBoss(Protocol):
+    """A boss that can say what it weighed: :func:`record_fight` keeps it for every decision."""
+
+    name: str
+
+    def select_moves(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray: ...
+
+    def explain(self, observations: np.ndarray,
+                action_masks: np.ndarray) -> Sequence[Explanation]: ...
+
+
+def outcome_name(outcome: float) -> str:
+    """``boss won``, ``player won``, ``timeout``, or the number for any other outcome."""
+    return OUTCOME_NAMES.get(float(outcome), f"{float(outcome):g}")
 
 
 @dataclass(frozen=True)
@@ -52,6 +138,8 @@ class ReplayStep:
     reward: float
     extras: dict[str, Any] = field(default_factory=dict)
     """Optional per-decision extras, e.g. ``{"values": {move: float}, "retrieved": [...]}``."""
+    explanation: Explanation | None = None
+    """What the boss weighed when it decided, if it can say (:class:`ExplainingBoss`)."""
 
 
 @dataclass(frozen=True)
@@ -65,16 +153,24 @@ class Replay:
     outcome: dict[str, Any]
     """The env's end-of-fight info with persona, difficulty and environment as names, plus
     ``ended`` (``terminated``, ``timeout`` or ``cut_short``), ``steps`` and ``total_reward``."""
+    moves: tuple[str, ...] = ()
+    """The game's moves, in order (what the explanations' per-move tuples are indexed by)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The replay as plain JSON types (non-finite numbers become ``None``)."""
         return {
             "game": self.game, "persona": self.persona, "boss": self.boss,
-            "outcome": _plain(self.outcome),
-            "steps": [_plain({"frame": asdict(s.frame), "context": asdict(s.context),
-                              "legal_moves": s.legal_moves, "move": s.move,
-                              "reward": s.reward, "extras": s.extras}) for s in self.steps],
+            "moves": list(self.moves), "outcome": _plain(self.outcome),
+            "steps": [self._step_dict(step) for step in self.steps],
         }
+
+    def _step_dict(self, step: ReplayStep) -> dict[str, Any]:
+        plain = _plain({"frame": asdict(step.frame), "context": asdict(step.context),
+                        "legal_moves": step.legal_moves, "move": step.move,
+                        "reward": step.reward, "extras": step.extras})
+        explanation = step.explanation
+        plain["explanation"] = None if explanation is None else explanation.named(self.moves)
+        return dict(plain)
 
     def save_html(self, path: str | Path) -> Path:
         """Write the replay as one self-contained, offline HTML page; returns its path."""
@@ -103,23 +199,27 @@ class Replay:
 
 
 def record_fight(env: Any, policy: Any, seed: int | None = None, max_steps: int = 2000,
-                 extras: Extras | None = None) -> Replay:
+                 extras: Extras | None = None, explain: bool = True) -> Replay:
     """Play one fight of ``env`` with ``policy`` and record every decision.
 
     ``env`` is a single ``BossFightEnv`` (as made by ``gymnasium.make``); ``policy`` follows
-    :class:`envs.bosses.BossPolicy`. ``extras(observation, mask)``, if given, is called at each
-    decision and its mapping kept in the step. The fight is reset with ``seed`` and played
-    until it ends, or for at most ``max_steps`` decisions (then ``outcome["ended"]`` is
-    ``"cut_short"`` and ``player_won`` is ``None``).
+    :class:`envs.bosses.BossPolicy`. A policy with ``explain`` (:class:`ExplainingBoss`) is
+    asked, at each decision and before it chooses, what it weighs (``explain=False`` skips
+    it). ``extras(observation, mask)``, if given, is called at each decision and its mapping
+    kept in the step. The fight is reset with ``seed`` and played until it ends, or for at most
+    ``max_steps`` decisions (then ``outcome["ended"]`` is ``"cut_short"`` and ``player_won``
+    is ``None``).
     """
     fight = _check_arguments(env, policy, max_steps)
     moves = fight.setup.game.move_names
+    explains = explain and callable(getattr(policy, "explain", None))
     observation, _ = env.reset(seed=seed)
     steps: list[ReplayStep] = []
     ended, info = False, {}
     while not ended and len(steps) < max_steps:
         mask = np.asarray(fight.action_masks(), dtype=bool)
         context = player_context(fight.context_columns(), fight.layout)
+        explanation = _explanation(policy, observation, mask, moves) if explains else None
         chosen = _choose(policy, observation, mask, len(moves))
         noted = dict(extras(observation, mask)) if extras is not None else {}
         observation, reward, terminated, truncated, info = env.step(chosen)
@@ -127,11 +227,11 @@ def record_fight(env: Any, policy: Any, seed: int | None = None, max_steps: int 
         steps.append(ReplayStep(
             frame=render.Frame.from_env(env), context=context,
             legal_moves=tuple(m for m, legal in zip(moves, mask, strict=True) if legal),
-            move=moves[chosen], reward=float(reward), extras=noted))
+            move=moves[chosen], reward=float(reward), extras=noted, explanation=explanation))
     outcome = _outcome(fight, info, steps, terminated=bool(ended and terminated))
     return Replay(game=fight.setup.game.name, persona=str(outcome["persona"]),
                   boss=str(getattr(policy, "name", type(policy).__name__)),
-                  steps=tuple(steps), outcome=outcome)
+                  steps=tuple(steps), outcome=outcome, moves=tuple(moves))
 
 
 def player_context(columns: Any, layout: ObservationLayout) -> PlayerContext:
@@ -169,6 +269,17 @@ def _choose(policy: Any, observation: np.ndarray, mask: np.ndarray, moves: int) 
         raise ValueError(f"policy {getattr(policy, 'name', policy)!r} chose move {chosen}; "
                          f"this game has moves 0 to {moves - 1}.")
     return chosen
+
+
+def _explanation(policy: Any, observation: np.ndarray, mask: np.ndarray,
+                 moves: Sequence[str]) -> Explanation:
+    """The policy's explanation of this one decision, checked against the game's moves."""
+    explained = list(policy.explain(observation[None], mask[None]))
+    if len(explained) != 1 or not isinstance(explained[0], Explanation):
+        raise TypeError(f"policy {getattr(policy, 'name', policy)!r}: explain() must return one "
+                        f"envs.replay.Explanation per observation row, got {explained!r:.200}.")
+    explained[0].check(moves)
+    return explained[0]
 
 
 def _outcome(fight: Any, info: Mapping[str, Any], steps: list[ReplayStep],
@@ -235,7 +346,7 @@ h1 { margin: 0 0 6px; font-size: 20px; font-weight: 600; }
 .chip { background: var(--panel); border: 1px solid var(--line); border-radius: 12px;
   padding: 1px 10px; color: var(--dim); }
 .chip b { color: var(--ink); font-weight: 600; }
-main { display: grid; grid-template-columns: minmax(0, 960px) minmax(260px, 1fr); gap: 16px;
+main { display: grid; grid-template-columns: minmax(0, 960px) minmax(340px, 1fr); gap: 16px;
   padding: 16px 20px; }
 canvas { width: 100%; height: auto; display: block; background: #1c1e26;
   border: 1px solid var(--line); border-radius: 6px; }
@@ -275,6 +386,15 @@ tr.step-row.current { background: #34384a; outline: 1px solid #7a9cff; }
 .ctx { color: var(--dim); max-width: 360px; }
 .extra { color: var(--dim); max-width: 260px; }
 .bad { color: #ff8a7a; }
+table.weighed, table.nearest { font-size: 12px; }
+table.weighed td, table.nearest td, table.weighed th, table.nearest th { padding: 2px 5px; }
+table.weighed td.bar-cell { width: 30%; min-width: 50px; }
+table.weighed span.fill { display: block; height: 8px; background: #7a9cff; border-radius: 3px; }
+table.weighed tr.best span.fill { background: #f5b428; }
+table.weighed tr.illegal { opacity: 0.45; }
+table.weighed tr.chosen td:first-child { font-weight: 700; color: #f5b428; }
+.nearest-wrap { max-height: 260px; overflow: auto; border: 1px solid var(--line);
+  border-radius: 4px; }
 .legend { display: flex; gap: 14px; flex-wrap: wrap; color: var(--dim); margin-top: 8px;
   font-size: 12px; }
 .legend i { display: inline-block; width: 10px; height: 10px; border-radius: 50%;
@@ -310,7 +430,8 @@ tr.step-row.current { background: #34384a; outline: 1px solid #7a9cff; }
   <div class="table-wrap"><table>
     <thead><tr><th>#</th><th>t (s)</th><th>phase</th><th>move</th><th>legal</th>
       <th>player's response</th><th>player &minus;HP</th><th>boss &minus;HP</th>
-      <th>reward</th><th>player context (when deciding)</th><th>extras</th></tr></thead>
+      <th>reward</th><th>player context (when deciding)</th><th>what the boss weighed</th>
+      </tr></thead>
     <tbody id="timeline"></tbody>
   </table></div>
 </section>
@@ -328,6 +449,7 @@ const clamp01 = (x) => Math.max(0, Math.min(1, x));
 const lerp = (a, b, t) => a + (b - a) * t;
 const hp = (x) => fmt(x, x < 10 ? 1 : 0);
 const ease = (t) => { t = clamp01(t); return t * t * (3 - 2 * t); };
+const num = (x) => Number.isInteger(x) ? String(x) : fmt(x, 3);
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -590,6 +712,59 @@ function extrasBlock(extras) {
   return parts;
 }
 
+/* ---- what the boss weighed (an Explanation) ---- */
+function weighedTable(e, legal, chosen) {
+  const moves = R.moves.length ? R.moves : Object.keys(e.values);
+  const parts = Object.keys(e.parts), legalOnly = moves.filter((m) => legal.includes(m));
+  const numbers = moves.map((m) => e.values[m]).filter((x) => typeof x === "number");
+  const top = Math.max(...legalOnly.map((m) => e.values[m]).filter((x) => typeof x ===
+    "number"));
+  const low = Math.min(0, ...numbers), span = (Math.max(...numbers) - low) || 1;
+  const head = el("tr", {}, el("th", {}, "move"), el("th", {}, "value"), el("th", {}, ""),
+    ...parts.map((p) => el("th", {}, p)));
+  const rows = moves.map((m) => {
+    const x = e.values[m], classes = [legal.includes(m) ? "" : "illegal",
+      m === chosen ? "chosen" : "", x === top && legal.includes(m) ? "best" : ""];
+    return el("tr", {class: classes.join(" ").trim(), "data-move": m},
+      el("td", {}, m), el("td", {class: "bar-cell"}, el("span", {class: "fill",
+        style: `width:${typeof x === "number" ? 100 * (x - low) / span : 0}%`})),
+      el("td", {class: "num"}, fmt(x, 3)),
+      ...parts.map((p) => el("td", {class: "num"}, num(e.parts[p][m]))));
+  });
+  return el("table", {class: "weighed"}, el("thead", {}, head), el("tbody", {}, ...rows));
+}
+
+function nearestTable(neighbours) {
+  if (!neighbours.length) return el("div", {class: "extra"}, "nothing: the memory is empty");
+  const head = el("tr", {}, ...["move", "distance", "weight", "return", "outcome",
+    "persona"].map((h) => el("th", {}, h)));
+  const rows = neighbours.map((n) => el("tr", {title: `memory entry ${n.id}`},
+    el("td", {}, n.move), el("td", {class: "num"}, fmt(n.distance, 3)),
+    el("td", {class: "num"}, fmt(n.weight, 2)), el("td", {class: "num"}, fmt(n.value, 3)),
+    el("td", {}, n.outcome_name), el("td", {}, n.persona)));
+  return el("div", {class: "nearest-wrap"}, el("table", {class: "nearest"},
+    el("thead", {}, head), el("tbody", {}, ...rows)));
+}
+
+function explanationBlock(s) {
+  const e = s.explanation;
+  if (!e) return [];
+  const scalars = Object.entries(e.scalars);
+  return [
+    el("h3", {}, `what the boss weighed: ${e.kind}`),
+    el("div", {style: "overflow-x:auto"}, weighedTable(e, s.legal_moves, s.move)),
+    scalars.length ? el("dl", {style: "margin-top:6px"}, ...scalars.flatMap(([k, x]) =>
+      [el("dt", {}, k), el("dd", {}, typeof x === "number" ? num(x) : x)])) : null,
+    el("h3", {}, `what the memory retrieved (${e.neighbours.length} neighbours)`),
+    nearestTable(e.neighbours)];
+}
+
+function explanationSummary(e) {
+  if (!e) return "";
+  const values = Object.entries(e.values).map(([m, x]) => `${m} ${fmt(x, 2)}`).join(", ");
+  return `${e.kind}: ${values}; retrieved ${e.neighbours.length}`;
+}
+
 function renderDecision(i) {
   const s = STEPS[i], f = s.frame, t0 = before(i).seconds, panel = document.getElementById(
     "decision");
@@ -609,6 +784,7 @@ function renderDecision(i) {
     el("h3", {}, "player context the boss saw"),
     el("dl", {}, ...contextEntries(s.context).flatMap(([k, x]) => [el("dt", {}, k),
       el("dd", {}, x)])),
+    ...explanationBlock(s),
     ...extrasBlock(s.extras)];
   panel.replaceChildren(...parts.filter((part) => part !== null));
 }
@@ -637,7 +813,8 @@ function buildTimeline() {
       el("td", {}, f.outcome || "-"), el("td", {class: "num"}, fmt(f.taken, 1)),
       el("td", {class: "num"}, fmt(f.dealt, 1)), el("td", {class: "num"}, fmt(s.reward, 3)),
       el("td", {class: "ctx"}, contextLine(s.context)),
-      el("td", {class: "extra"}, extrasSummary(s.extras)));
+      el("td", {class: "extra"}, [explanationSummary(s.explanation),
+        extrasSummary(s.extras)].filter((x) => x).join(" | ")));
     row.addEventListener("click", () => { pause(); show(i, 1); });
     body.append(row);
   });

@@ -11,6 +11,7 @@ The boss (``boss=``) is one of:
 - a scripted boss name (:data:`envs.bosses.SCRIPTED_BOSSES`), playing the game composed from
   the Hydra group ``game``;
 - an MLflow run of ``experiments.train`` (``runs:/<id>`` or the bare id): its ``model/model.zip``
+  (with its episodic memory ``memory/`` when it trained with ``rag``, as the run evaluated it)
   plays the game from the run's own logged config (``config/config.yaml``), with a warning when
   that definition's fingerprint differs from today's ``configs/game/<name>.yaml``;
 - a registered model (``models:/<name>@<alias>`` or ``models:/<name>/<version>``, e.g. from
@@ -22,9 +23,14 @@ docstring lists the columns and the exploit checks (one move over 40% of the bos
 no telegraphed move: the row is ``flagged``).
 
 The table is saved as ``evaluation_<name>.csv`` (every column), ``.md`` (readable columns) and
-``.png`` (heatmaps) in Hydra's output dir. When the boss is a run (or a registered model's run),
-the three files are also logged to that run under ``evaluation/<name>/`` and the numbers as
-metrics ``evaluation/<name>/<metric>`` (mean over personas) and
+``.png`` (heatmaps) in Hydra's output dir. With ``replays=true`` (the default) the first seeded
+fight of each row (persona x level) is saved as a self-contained HTML replay,
+``replays/replay_<persona>[_<level>].html`` next to the table; a trained boss explains every
+decision in it (its values per move and what its memory retrieved). The CSV's ``replay`` column
+holds that relative path and the markdown links it. When the boss is a run (or a registered
+model's run), the files are also logged to that run under ``evaluation/<name>/`` (the replays
+under ``evaluation/<name>/replays/``, so the markdown's links resolve there too) and the numbers
+as metrics ``evaluation/<name>/<metric>`` (mean over personas) and
 ``evaluation/<name>/<persona>[/<level>]/<metric>``; ``name`` defaults to the difficulty level
 (``all`` for every level), so set ``name=`` to keep several evaluations of one run apart.
 """
@@ -49,24 +55,33 @@ from mlflow.tracking import MlflowClient
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from agents.config import DifficultyConfig
+from agents.factory import load_agent
 from agents.policy import load_policy
+from agents.rag_setup import RagConfig, memory_boss
 from envs.bosses import SCRIPTED_BOSSES, BossPolicy, make_boss
 from envs.game import GameDefinition, available_games, load_game
+from envs.observation import ObservationLayout
 from experiments import tracking
 from experiments.evaluation import (
     PERSONAS,
+    REPLAY_DIR,
     TELEGRAPH_SECONDS,
     check_settings,
     evaluate_boss,
     evaluation_metrics,
     readable_evaluation,
     save_evaluation,
+    save_replays,
+    with_replays,
 )
 from experiments.tournament import (
     game_from_config,
     hydra_output_dir,
     names,
 )
+from experiments.train import MEMORY_DIR
+from rag.embedders import make_embedder
+from rag.memory import EpisodicMemory
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 EVAL_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -97,6 +112,8 @@ class EvaluateConfig:
     """Attacks with at least this wind-up (or the longest one) count as telegraphed."""
     name: str | None = None
     """Name of this evaluation (files, artifact folder, metrics); null: the difficulty level."""
+    replays: bool = True
+    """Save the first seeded fight of each row as an HTML replay, linked from the table."""
 
 
 ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
@@ -121,6 +138,8 @@ class EvaluationResult:
     """The CSV, markdown and PNG written."""
     run_id: str | None
     """The run the evaluation was logged to, if the boss is a run."""
+    replays: list[Path] = field(default_factory=list)
+    """One HTML replay per row of ``table`` (empty with ``replays=false``)."""
 
 
 # --- the boss spec -----------------------------------------------------------------------
@@ -217,19 +236,50 @@ def load_boss(spec: str, game: GameDefinition, seed: int, work: Path) -> LoadedB
         raise ValueError(f"run {run_id} has no {MODEL_FILE}: it did not finish training. "
                          f"Resume it (python -m experiments.train resume={run_id}) or pick a "
                          f"finished run.") from error
-    return LoadedBoss(load_policy(model, name=label, seed=seed), run_game(run_id, work), label,
-                      run_id)
+    game = run_game(run_id, work)
+    return LoadedBoss(run_policy(run_id, model, game, label, seed, work), game, label, run_id)
+
+
+def logged_rag(run_id: str, work: Path) -> RagConfig:
+    """The run's ``rag`` settings (its logged config; no ``rag`` section: no memory)."""
+    logged = OmegaConf.load(tracking.download(run_id, "config/config.yaml", work))
+    assert isinstance(logged, DictConfig)
+    node = logged.get("rag")
+    typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RagConfig),
+                                                node if node is not None else {}))
+    assert isinstance(typed, RagConfig)
+    return typed
+
+
+def run_policy(run_id: str, model: Path, game: GameDefinition, label: str, seed: int,
+               work: Path) -> BossPolicy:
+    """The run's boss as its training evaluated it: the model, with its memory for rag=..."""
+    rag = logged_rag(run_id, work)
+    if not rag.enabled:
+        return load_policy(model, name=label, seed=seed)
+    try:
+        memory = EpisodicMemory.load(tracking.download(run_id, MEMORY_DIR, work / "memory"))
+    except (MlflowException, OSError) as error:
+        raise ValueError(f"run {run_id} trained with rag={rag.mode} but has no {MEMORY_DIR}/ "
+                         f"artifact: it did not finish training. Resume it (python -m "
+                         f"experiments.train resume={run_id}) or pick a finished run.") from error
+    layout = ObservationLayout.for_game(game)
+    return memory_boss(rag, load_agent(model), memory, make_embedder(rag.embedder, layout),
+                       layout, name=label, seed=seed)
 
 
 # --- logging to the run ------------------------------------------------------------------
 
 
 def log_to_run(run_id: str, paths: Sequence[Path], metrics: dict[str, float],
-               name: str) -> None:
-    """Files under ``evaluation/<name>/`` and the metrics, into an existing (ended) run."""
+               name: str, replays: Sequence[Path] = ()) -> None:
+    """Files under ``evaluation/<name>/`` (replays in its ``replays/``) and the metrics, into
+    an existing (ended) run."""
     client = MlflowClient()
     for path in paths:
         client.log_artifact(run_id, str(path), artifact_path=f"evaluation/{name}")
+    for path in replays:
+        client.log_artifact(run_id, str(path), artifact_path=f"evaluation/{name}/{REPLAY_DIR}")
     stamp = int(pd.Timestamp.now().timestamp() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, v, stamp, 0) for k, v in metrics.items()])
 
@@ -272,13 +322,17 @@ def run(cfg: DictConfig, out_dir: Path) -> EvaluationResult:
                               series=config.series, difficulty=config.difficulty.level,
                               seed=config.seed, telegraph_seconds=config.telegraph_seconds,
                               label=boss.label)
+        replays = (save_replays(boss.policy, boss.game, table, out_dir, seed=config.seed)
+                   if config.replays else [])
+        if replays:
+            table = with_replays(table, replays, out_dir)
         title = (f"{boss.label} on {boss.game.name} ({name}): {config.fights} fights per "
                  f"persona")
         paths = save_evaluation(table, out_dir, f"evaluation_{name}", title)
         if boss.run_id is not None:
             log_to_run(boss.run_id, paths, evaluation_metrics(table, f"evaluation/{name}"),
-                       name)
-    return EvaluationResult(table, paths, boss.run_id)
+                       name, replays)
+    return EvaluationResult(table, paths, boss.run_id, replays)
 
 
 def report(result: EvaluationResult) -> None:
@@ -286,6 +340,9 @@ def report(result: EvaluationResult) -> None:
     with pd.option_context("display.width", 220, "display.max_columns", None):
         print(readable_evaluation(result.table).to_string(index=False))
     print("Saved:\n" + "\n".join(f"  {p}" for p in result.paths))
+    if result.replays:
+        print(f"Replays (one fight per row, linked from the table): "
+              f"{result.replays[0].parent}/")
     if result.run_id is not None:
         print(f"Logged to run {result.run_id} (artifacts evaluation/..., metrics evaluation/...).")
 

@@ -14,7 +14,10 @@ own win rate and two exploit checks; a row is ``flagged`` when either fails:
 
 Used by ``experiments.train`` (after training), ``experiments.evaluate`` and
 ``experiments.compare``; the tables are saved as CSV (every column), markdown (readable columns)
-and a heatmap PNG.
+and a heatmap PNG. :func:`save_replays` records one seeded fight per row as an HTML replay
+(:mod:`envs.replay`; a trained boss explains every decision in it) and :func:`with_replays`
+adds the ``replay`` column (the page's path relative to the table), which the markdown shows
+as a link.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import gymnasium
 import numpy as np
 import pandas as pd
 
@@ -31,6 +35,7 @@ from envs.engagement import EXPLOIT_SHARE, summarize_fights
 from envs.fights import FightResult, play_fights
 from envs.game import GameDefinition
 from envs.persona import available_players
+from envs.replay import record_fight
 from experiments.tournament import (
     check_choices,
     check_counts,
@@ -49,6 +54,9 @@ EVAL_METRICS = ("engagement_score", "player_win_rate", "mean_duration", "mean_hp
 CHECK_METRICS = ("boss_win_rate", "exploit", "no_telegraph", "flagged", "telegraph_share",
                  "dominant_share")
 """Logged besides EVAL_METRICS: the boss's wins and the exploit checks."""
+REPLAY_ENV_ID = "bosslab/BossFight-v0"
+REPLAY_DIR = "replays"
+"""Folder of the replays, next to the evaluation table (the ``replay`` column is relative)."""
 
 
 def telegraphed_moves(game: GameDefinition,
@@ -122,6 +130,44 @@ def exploit_checks(row: dict[str, Any], telegraphed: Sequence[str]) -> dict[str,
             "flagged": bool(row["exploit"]) or no_telegraph}
 
 
+def replay_name(persona: str, level: str, several_levels: bool) -> str:
+    """``replay_<persona>.html``, or ``replay_<persona>_<level>.html`` with several levels."""
+    return f"replay_{persona}_{level}.html" if several_levels else f"replay_{persona}.html"
+
+
+def save_replays(boss: BossPolicy, game: GameDefinition, table: pd.DataFrame, out_dir: Path,
+                 seed: int = 0) -> list[Path]:
+    """One seeded fight per row of ``table`` (persona x level) as an HTML replay.
+
+    Saved as ``<out_dir>/replays/replay_<persona>[_<level>].html``, in the table's row order.
+    An adaptive boss starts each replay from the memory it started the evaluation with
+    (``forget``); a boss with ``explain`` shows what it weighed at every decision.
+    """
+    several = table["difficulty"].nunique() > 1
+    paths = []
+    for persona, level in zip(table["persona"], table["difficulty"], strict=True):
+        if isinstance(boss, AdaptiveBoss):
+            boss.forget()
+        env = gymnasium.make(REPLAY_ENV_ID, game=game, player=str(persona),
+                             difficulty=str(level))
+        try:
+            replay = record_fight(env, boss, seed=seed)
+        finally:
+            env.close()
+        name = replay_name(str(persona), str(level), several)
+        paths.append(replay.save_html(out_dir / REPLAY_DIR / name))
+    return paths
+
+
+def with_replays(table: pd.DataFrame, replays: Sequence[Path], out_dir: Path) -> pd.DataFrame:
+    """``table`` with a ``replay`` column: each row's replay, relative to ``out_dir``."""
+    if len(replays) != len(table):
+        raise ValueError(f"{len(replays)} replays for {len(table)} rows: save_replays gives "
+                         f"one per row.")
+    relative = [Path(path).relative_to(out_dir).as_posix() for path in replays]
+    return table.assign(replay=relative)
+
+
 def move_mix_text(table: pd.DataFrame) -> list[str]:
     """Each row's move mix, e.g. ``attack 50% / defend 20% / special_move 30%``."""
     columns = [c for c in table.columns if c.startswith("mix_")]
@@ -137,6 +183,9 @@ def readable_evaluation(table: pd.DataFrame) -> pd.DataFrame:
     readable["move mix"] = move_mix_text(table)
     readable["telegraphed"] = table["telegraph_share"].round(2)
     readable["flags"] = [_flags(r) for r in table.itertuples()]
+    if "replay" in table.columns:
+        readable["replay"] = [f"[fight]({path})" if isinstance(path, str) and path else "-"
+                              for path in table["replay"]]
     return readable
 
 

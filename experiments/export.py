@@ -60,12 +60,11 @@ from agents.onnx_export import (
 )
 from agents.retrieval import RetrievalConfig, RetrievalPolicyBoss
 from envs.boss_fight import BossFightVectorEnv
-from envs.bosses import AdaptiveBoss, BossPolicy
-from envs.engagement import summarize_fights
-from envs.fights import play_fights
+from envs.bosses import BossPolicy
 from envs.game import GameDefinition
 from envs.observation import ObservationLayout, PlayerContext, Situation
 from experiments import tracking
+from experiments.difficulty import calibration_table
 from experiments.evaluate import (
     MODEL_FILE,
     connect,
@@ -74,7 +73,6 @@ from experiments.evaluate import (
     run_game,
     run_id_of,
 )
-from experiments.evaluation import telegraphed_moves
 from experiments.promote import MODES, best_run, finished_runs
 from experiments.tournament import markdown_table
 from experiments.train import MEMORY_DIR, TrainConfig, TrainingMemory, trained_boss
@@ -314,27 +312,9 @@ def record_inputs(boss: BossPolicy, model: BaseAlgorithm, game: GameDefinition,
 def calibrate(boss: BossPolicy, game: GameDefinition, config: TrainConfig,
               settings: ExportSettings) -> pd.DataFrame:
     """The player win rate at each difficulty level, against the level's target band."""
-    rows = []
-    for level, targets in game.difficulty_levels.items():
-        if isinstance(boss, AdaptiveBoss):
-            boss.forget()  # every level starts from the exported memory
-        results = play_fights(boss, settings.calibration_fights, game=game,
-                              player=config.player, difficulty=level,
-                              objective=config.objective.name,
-                              series=settings.calibration_series, seed=settings.seed)
-        summary = summarize_fights(results, targets, game.move_names)
-        rows.append({
-            "difficulty": level, "fights": summary.fights,
-            "target_player_win_rate": targets.target_player_win_rate,
-            "tolerance": targets.win_rate_tolerance,
-            "player_win_rate": summary.player_win_rate,
-            "win_rate_low": summary.win_rate_low, "win_rate_high": summary.win_rate_high,
-            "in_band": summary.win_rate_in_band, "engagement_score": summary.engagement_score,
-            "mean_duration": summary.mean_duration, "dominant_move": summary.dominant_move,
-            "dominant_share": summary.dominant_share, "exploit": summary.exploit,
-            "telegraph_share": sum(summary.move_mix[m] for m in telegraphed_moves(game)),
-        })
-    return pd.DataFrame(rows)
+    return calibration_table(boss, game, config.player, fights=settings.calibration_fights,
+                             series=settings.calibration_series, seed=settings.seed,
+                             objective=config.objective.name)
 
 
 def value_range(model: BaseAlgorithm, inputs: np.ndarray,

@@ -153,8 +153,15 @@ def blend_values(q_learned: np.ndarray, q_memory: np.ndarray, counts: np.ndarray
     if learned.shape != memory.shape:
         raise ValueError(f"q_learned {learned.shape} and q_memory {memory.shape} must have the "
                          f"same (n, moves) shape.")
-    fill = np.minimum(np.asarray(counts), k) / k
-    closeness = fill * (1.0 - np.clip(np.asarray(distances, dtype=np.float64), 0.0, 1.0))
-    lam_eff = 1.0 - (1.0 - lam) * closeness
+    lam_eff = blend_weights(counts, distances, lam, k)
     blended = lam_eff * learned + (1.0 - lam_eff) * memory
     return blended.astype(np.float32 if np.asarray(q_learned).dtype == np.float32 else np.float64)
+
+
+def blend_weights(counts: np.ndarray, distances: np.ndarray, lam: float,
+                  k: int) -> np.ndarray:
+    """EVA's effective lambda per query and move, the learned value's weight in
+    :func:`blend_values`: ``1 - (1 - lam) * (min(counts, k) / k) * (1 - distances)``."""
+    fill = np.minimum(np.asarray(counts), k) / k
+    closeness = fill * (1.0 - np.clip(np.asarray(distances, dtype=np.float64), 0.0, 1.0))
+    return 1.0 - (1.0 - lam) * closeness

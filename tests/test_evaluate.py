@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -66,6 +69,17 @@ def artifacts(run_id: str, folder: str) -> set[str]:
     return {entry.path for entry in MlflowClient().list_artifacts(run_id, folder)}
 
 
+def replay_data(path: Path) -> dict[str, Any]:
+    """The replay embedded in a replay page."""
+    page = path.read_text(encoding="utf-8")
+    match = re.search(r'<script type="application/json" id="replay-data">(.*?)</script>', page,
+                      re.S)
+    assert match, f"no embedded replay in {path}"
+    replay = json.loads(match.group(1))["replay"]
+    assert isinstance(replay, dict)
+    return replay
+
+
 # --- telegraphs and known answers ------------------------------------------------------------
 
 
@@ -121,6 +135,23 @@ def test_scripted_boss_evaluation_table_and_files(tmp_path: Path,
     markdown = (tmp_path / "out" / FILES[1]).read_text()
     assert "player win rate [95% CI]" in markdown and "move mix" in markdown
     pd.testing.assert_frame_equal(pd.read_csv(result.paths[0]), table, check_dtype=False)
+    # One replay per row, linked from the CSV and the markdown by a relative path.
+    assert list(table["replay"]) == ["replays/replay_novice.html", "replays/replay_dodger.html"]
+    assert result.replays == [tmp_path / "out" / path for path in table["replay"]]
+    for persona, path in zip(table["persona"], table["replay"], strict=True):
+        assert f"[fight]({path})" in markdown
+        shown = replay_data(tmp_path / "out" / path)
+        assert (shown["boss"], shown["persona"]) == ("reactive", persona)
+        assert shown["outcome"]["difficulty"] == "normal"
+        assert all(step["explanation"] is None for step in shown["steps"])  # scripted
+
+
+def test_replays_can_be_turned_off(tmp_path: Path) -> None:
+    result = evaluate.run(compose_config("evaluate", ["boss=rotation", "replays=false",
+                                                      "personas=[novice]", "fights=2",
+                                                      "series=2"]), tmp_path)
+    assert result.replays == [] and "replay" not in result.table.columns
+    assert not (tmp_path / "replays").exists()
 
 
 def test_every_level_is_evaluated_with_difficulty_all(tmp_path: Path) -> None:
@@ -129,6 +160,10 @@ def test_every_level_is_evaluated_with_difficulty_all(tmp_path: Path) -> None:
                                                       "series=2"]), tmp_path)
     assert list(result.table["difficulty"]) == ["easy", "normal", "hard"]
     assert result.paths[0].name == "evaluation_all.csv"
+    assert [p.name for p in result.replays] == [
+        f"replay_novice_{level}.html" for level in ("easy", "normal", "hard")]
+    assert [replay_data(p)["outcome"]["difficulty"] for p in result.replays] == [
+        "easy", "normal", "hard"]
 
 
 @pytest.mark.parametrize(("overrides", "match"), [
@@ -165,14 +200,41 @@ def test_evaluating_a_run_logs_artifacts_and_metrics(form: str, runs: list[str],
                                                       f"name={name}"]), tmp_path)
     assert result.run_id == run_id
     assert result.table["boss"].iloc[0] == f"ppo-{run_id[:8]}"
-    assert artifacts(run_id, f"evaluation/{name}") == {
-        f"evaluation/{name}/evaluation_{name}.{ext}" for ext in ("csv", "md", "png")}
+    folder = f"evaluation/{name}"
+    assert artifacts(run_id, folder) == {
+        *(f"{folder}/evaluation_{name}.{ext}" for ext in ("csv", "md", "png")),
+        f"{folder}/replays"}
+    assert artifacts(run_id, f"{folder}/replays") == {
+        f"{folder}/replays/replay_{persona}.html" for persona in ("novice", "dodger")}
+    # A trained boss explains every decision of its replays: its action probabilities.
+    for path in result.replays:
+        for step in replay_data(path)["steps"]:
+            explained = step["explanation"]
+            assert explained["kind"].startswith("action probabilities")
+            assert sum(explained["values"].values()) == pytest.approx(1.0, abs=1e-5)
     metrics = MlflowClient().get_run(run_id).data.metrics
     assert metrics[f"evaluation/{name}/engagement_score"] == pytest.approx(
         result.table["engagement_score"].mean())
     assert f"evaluation/{name}/dodger/player_win_rate" in metrics
     assert f"evaluation/{name}/flagged" in metrics
     assert "eval/engagement_score" in metrics  # training's own evaluation is untouched
+
+
+def test_a_retrieval_run_is_evaluated_with_its_memory_and_its_replays_show_it(
+        store: list[str], tmp_path: Path) -> None:
+    run_id = train.run(compose_config("train", [
+        *SMOKE, *store, "experiment=evaluate-tests-rag", "rag=episodic",
+        "rag.capacity=5000"])).run_id
+    result = evaluate.run(compose_config("evaluate", [f"boss={run_id}", "personas=[dodger]",
+                                                      "fights=2", "series=2"]), tmp_path)
+    assert result.table["boss"].iloc[0] == f"ppo-{run_id[:8]}"
+    steps = replay_data(result.replays[0])["steps"]
+    assert all(set(step["explanation"]["parts"]) == {"memory", "found", "distance"}
+               for step in steps)
+    neighbours = [n for step in steps for n in step["explanation"]["neighbours"]]
+    assert neighbours  # the run's memory answered
+    assert {n["persona"] for n in neighbours} <= {"novice", "button_masher", "turtle",
+                                                   "dodger", "rusher", "adaptive_expert"}
 
 
 def test_a_run_plays_its_logged_game_and_warns_on_a_changed_definition(

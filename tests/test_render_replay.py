@@ -14,12 +14,26 @@ from typing import Any
 import gymnasium
 import numpy as np
 import pytest
+from stable_baselines3 import DQN, PPO
 
 import envs
+from agents.policy import SB3BossPolicy
+from agents.retrieval import (
+    RetrievalConfig,
+    RetrievalPolicyBoss,
+    RetrievalVecEnv,
+    ValueBlendedBoss,
+    dqn_q_values,
+)
+from agents.vec_env import BossFightVecEnv
 from envs import render
 from envs.boss_fight import BossFightVectorEnv
-from envs.observation import describe_context
-from envs.replay import Replay, record_fight, script_json
+from envs.fights import play_fights
+from envs.game import load_game
+from envs.observation import ObservationLayout, describe_context
+from envs.replay import Explanation, Replay, record_fight, script_json
+from rag.embedders import NumericContextEmbedder
+from rag.memory import EpisodicMemory, MemoryConfig
 
 SEED = 4
 MAKE = {"game": "duel", "player": "dodger", "difficulty": "normal", "environment": "arena"}
@@ -348,3 +362,153 @@ def test_html_page_renders_its_timeline_in_chromium(replay: Replay, tmp_path: Pa
     current = re.search(r'<tr class="step-row current"[^>]*>', dom)
     assert current is not None and 'data-step="4"' in current.group(0)
     assert "legal_count" in dom and "values: attack" in dom  # extras in the timeline
+
+
+# Explanations: what a trained boss weighed at each decision
+
+def replayed_observations(replay: Replay, player: str = "dodger") -> list[np.ndarray]:
+    """The observation of every decision of ``replay``, by playing its moves again."""
+    env = make_env(player=player)
+    observation, _ = env.reset(seed=SEED)
+    moves, seen = env.unwrapped.setup.game.move_names, []
+    for step in replay.steps:
+        seen.append(observation)
+        observation, *_ = env.step(moves.index(step.move))
+    return seen
+
+
+@pytest.fixture(scope="module")
+def ppo_boss(one_torch_thread: None) -> SB3BossPolicy:
+    model = PPO("MlpPolicy", tiny_vec_env(), n_steps=8, batch_size=32, seed=0)
+    model.learn(64)
+    return SB3BossPolicy(model, "tiny-ppo", seed=1)
+
+
+@pytest.fixture(scope="module")
+def memory_of_fights(one_torch_thread: None) -> tuple[ValueBlendedBoss, Replay]:
+    """A value-blended DQN whose memory holds its fights against dodgers, and its replay."""
+    game = load_game("duel")
+    layout, embedder = ObservationLayout.for_game(game), NumericContextEmbedder(game)
+    memory = EpisodicMemory(MemoryConfig(dim=embedder.dim, moves=len(layout.moves)))
+    dqn = DQN("MlpPolicy", tiny_vec_env(), seed=0)
+    boss = ValueBlendedBoss(dqn_q_values(dqn), memory, embedder, RetrievalConfig(k=4),
+                            layout=layout, persona_names=())
+    play_fights(boss, 4, game=game, player="dodger", series=2)  # the boss writes its memory
+    assert len(memory) > 0
+    return boss, record_fight(make_env(), boss, seed=SEED)
+
+
+def tiny_vec_env() -> BossFightVecEnv:
+    """Four duel envs for tiny untrained models."""
+    return BossFightVecEnv(4, game="duel")
+
+
+def test_a_trained_ppo_boss_explains_every_decision(ppo_boss: SB3BossPolicy) -> None:
+    replay = record_fight(make_env(), ppo_boss, seed=SEED)
+    seen = replayed_observations(replay)
+    for step, observation in zip(replay.steps, seen, strict=True):
+        explained = step.explanation
+        assert explained is not None and explained.kind.startswith("action probabilities")
+        np.testing.assert_allclose(explained.values, ppo_boss.move_values(observation[None])[0])
+        assert sum(explained.values) == pytest.approx(1.0, abs=1e-5)
+        state = ppo_boss.state_values(observation[None])
+        assert state is not None
+        assert explained.scalars["state value"] == pytest.approx(float(state[0]))
+        assert explained.neighbours == ()  # no memory
+    named = replay.to_dict()["steps"][0]["explanation"]
+    assert list(named["values"]) == ["attack", "defend", "special_move"]
+
+
+def test_a_value_blended_boss_explains_its_blend_and_its_neighbours(
+        memory_of_fights: tuple[ValueBlendedBoss, Replay]) -> None:
+    boss, replay = memory_of_fights
+    personas = set(boss.memory.records().personas.tolist())
+    seen = replayed_observations(replay)
+    for step, observation in zip(replay.steps, seen, strict=True):
+        e = step.explanation
+        assert e is not None and e.kind.startswith("blended Q-values")
+        np.testing.assert_allclose(e.values, boss.move_values(observation[None])[0], atol=1e-5)
+        learned, memory, lam = (np.array(e.parts[k]) for k in ("learned", "memory", "lambda"))
+        np.testing.assert_allclose(e.values, lam * learned + (1 - lam) * memory, atol=1e-5)
+        assert ((lam >= 0.5 - 1e-9) & (lam <= 1.0)).all()  # lam = 0.5 is the floor
+        assert 0 < len(e.neighbours) <= 4 * 3 and e.scalars == {"lam": 0.5, "k": 4}
+        found = np.bincount([n.move for n in e.neighbours], minlength=3)
+        np.testing.assert_array_equal(found, e.parts["found"])
+        for move in np.flatnonzero(found):
+            weights = [n.weight for n in e.neighbours if n.move == move]
+            assert sum(weights) == pytest.approx(1.0)
+        assert {n.persona for n in e.neighbours} <= personas
+        assert all(n.outcome in (0.0, 0.5, 1.0) for n in e.neighbours)
+
+
+def test_a_retrieval_policy_boss_explains_the_features_it_saw() -> None:
+    game = load_game("duel")
+    layout, embedder = ObservationLayout.for_game(game), NumericContextEmbedder(game)
+    memory = EpisodicMemory(MemoryConfig(dim=embedder.dim, moves=len(layout.moves)))
+    env = RetrievalVecEnv(tiny_vec_env(), memory, embedder)
+    model = PPO("MlpPolicy", env, n_steps=8, batch_size=32, seed=0)
+    keys = embedder.embed(replayed_observations(record_fight(make_env(), FirstLegalBoss(),
+                                                             seed=SEED))[0][None])
+    memory.add(np.repeat(keys, 2, axis=0), [1, 1], [2.0, 4.0], outcomes=0.0,
+               personas="dodger", times=0.0)
+    boss = RetrievalPolicyBoss(model, memory, embedder, RetrievalConfig(k=2), layout=layout,
+                               persona_names=())
+    first = record_fight(make_env(), boss, seed=SEED).steps[0].explanation
+    assert first is not None and first.kind.startswith("action probabilities")
+    assert first.parts["found"] == (0.0, 2.0, 0.0)
+    assert first.parts["memory"][1] == pytest.approx(3.0)  # two exact matches, equal weights
+    assert [(n.move, n.distance, n.value, n.persona, n.outcome) for n in first.neighbours] == [
+        (1, 0.0, 2.0, "dodger", 0.0), (1, 0.0, 4.0, "dodger", 0.0)]
+    assert "state value" in first.scalars
+
+
+def test_an_explanation_that_does_not_fit_the_game_is_refused() -> None:
+    class WrongSize(FirstLegalBoss):
+        def explain(self, observations: np.ndarray, action_masks: np.ndarray) -> list[Any]:
+            return [Explanation(kind="x", values=(1.0, 2.0))]
+
+    with pytest.raises(ValueError, match=r"'values' has 2 entries but the game has 3 moves"):
+        record_fight(make_env(), WrongSize(), seed=SEED)
+    quiet = record_fight(make_env(), WrongSize(), seed=SEED, explain=False, max_steps=2)
+    assert all(step.explanation is None for step in quiet.steps)
+
+
+def test_the_page_embeds_every_explanation(
+        memory_of_fights: tuple[ValueBlendedBoss, Replay], tmp_path: Path) -> None:
+    _, replay = memory_of_fights
+    data = embedded_json(replay.save_html(tmp_path / "fight.html").read_text(encoding="utf-8"))
+    assert data["replay"]["moves"] == ["attack", "defend", "special_move"]
+    for step, shown in zip(replay.steps, data["replay"]["steps"], strict=True):
+        e, page = step.explanation, shown["explanation"]
+        assert e is not None
+        assert page["values"] == dict(zip(replay.moves, e.values, strict=True))
+        assert set(page["parts"]) == {"learned", "lambda", "memory", "found", "distance"}
+        assert [n["id"] for n in page["neighbours"]] == [n.id for n in e.neighbours]
+        assert {n["move"] for n in page["neighbours"]} <= set(replay.moves)
+        assert all(n["outcome_name"] in ("boss won", "player won", "timeout")
+                   for n in page["neighbours"])
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y "
+                                             "chromium) so the page's JS cannot be run")
+def test_the_decision_panel_shows_values_and_neighbours_in_chromium(
+        memory_of_fights: tuple[ValueBlendedBoss, Replay], tmp_path: Path) -> None:
+    assert CHROMIUM is not None
+    _, replay = memory_of_fights
+    page = replay.save_html(tmp_path / "fight.html")
+    result = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+         "--disable-background-networking", "--disable-component-update", "--no-first-run",
+         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri() + "#step=3"],
+        capture_output=True, text=True, timeout=90, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    panel = result.stdout.split('<aside id="decision">', 1)[1].split("</aside>", 1)[0]
+    step = replay.steps[2]
+    assert step.explanation is not None
+    assert "what the boss weighed: blended Q-values" in panel
+    assert re.findall(r'<tr[^>]*data-move="([^"]+)"', panel) == list(replay.moves)
+    chosen = re.search(r'<tr class="([^"]*)" data-move="' + step.move + '"', panel)
+    assert chosen is not None and "chosen" in chosen.group(1)
+    nearest = panel.split('class="nearest"', 1)[1]
+    assert nearest.count('<tr title="memory entry') == len(step.explanation.neighbours)
+    assert f"retrieved ({len(step.explanation.neighbours)} neighbours)" in panel
