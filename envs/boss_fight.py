@@ -342,6 +342,12 @@ class BossFightVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         ops = BatchOps(len(index))
         return self.layout.encode(context(self._state.take(index), self._tables, ops), ops)
 
+    @property
+    def last_step(self) -> StepResult | None:
+        """What the last step resolved, per env (hits, damage, move durations); None after a
+        reset."""
+        return self._last
+
     def action_masks(self) -> np.ndarray:
         """Legal moves of every env, shape (num_envs, moves)."""
         return legal_moves(self._state, self._tables, self._ops)

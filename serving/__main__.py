@@ -1,5 +1,8 @@
 """``python -m serving --bundle PATH [--bundle PATH2] [flags]``: run the server.
 
+``python -m serving export-telemetry --database-url URL --out FILE.parquet|FILE.csv
+[--game GAME_ID]``: export the stored decisions and outcomes (:mod:`serving.telemetry`).
+
 Every flag is also a ``BOSSLAB_*`` environment variable (``python -m serving --help``).
 Logs are JSON lines on stderr (``--no-log-json`` for plain text) through the token-redacting
 filter, uvicorn's access and error logs included.
@@ -88,6 +91,16 @@ def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["export-telemetry"]:
+        from serving.telemetry import main as export_main  # noqa: PLC0415 (only this command)
+
+        return export_main(arguments[1:])
+    return serve(argv)
+
+
+def serve(argv: Sequence[str] | None = None) -> int:
+    """Run the server with the flags in ``argv`` (default: the command line)."""
     settings = settings_from_cli(argv)
     sys.setswitchinterval(SWITCH_INTERVAL)
     configure_logging(settings.log_level, settings.log_json)

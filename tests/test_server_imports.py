@@ -12,7 +12,7 @@ from tests.server_helpers import REPO
 FORBIDDEN = ("torch", "stable_baselines3", "sb3_contrib", "mlflow", "hydra", "agents",
              "experiments")
 SERVING_MODULES = ("serving.main", "serving.__main__", "serving.client", "serving.service",
-                   "serving.routers.ws")
+                   "serving.routers.ws", "serving.telemetry")
 
 
 def test_serving_imports_none_of_the_lab() -> None:
