@@ -2,7 +2,8 @@
 
 The lifespan loads the policy bundles (``settings.bundles`` unless ``bundles`` are given),
 opens storage, creates the schema, gives every registered game a fresh brain and replays its
-stored lessons into it (``Service.start``), and logs what it serves. At shutdown it drains the
+stored lessons into it (``Service.start``), registers the game ``demo`` in demo mode
+(``serving.routers.demo``), and logs what it serves. At shutdown it drains the
 sockets (in-flight outcomes are committed and answered, then every socket closes with 1012),
 flushes both group-commit writers and closes storage.
 
@@ -24,7 +25,7 @@ from fastapi.responses import JSONResponse
 from serving.bundle import Bundle, load_bundle
 from serving.metrics import Metrics
 from serving.protocol import PROTOCOL_VERSION, ProtocolError
-from serving.routers import actions, games, system, ws
+from serving.routers import actions, demo, games, system, ws
 from serving.service import Service, Unavailable, UnknownGame
 from serving.settings import Settings
 from serving.storage import Storage, StorageUnavailable, UnknownAction
@@ -46,6 +47,7 @@ def create_app(settings: Settings, bundles: Sequence[Bundle] | None = None) -> F
         app.state.service = service
         log_start(settings, service)
         try:
+            await demo.register_demo_game(service, settings)
             yield
         finally:
             await service.close()
@@ -55,7 +57,7 @@ def create_app(settings: Settings, bundles: Sequence[Bundle] | None = None) -> F
                   lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
-    for module in (games, actions, ws, system):
+    for module in (games, actions, ws, system, demo):
         app.include_router(module.router)
     add_error_handlers(app)
     return app

@@ -6,7 +6,8 @@ Every field below is read from ``BOSSLAB_<FIELD>`` (``BOSSLAB_DATABASE_URL``,
 ``--bundle PATH`` is repeatable; ``BOSSLAB_BUNDLES`` takes a JSON list or comma-separated paths.
 
 In production mode (``BOSSLAB_PRODUCTION=true`` / ``--production``) the server refuses to
-start with the default secret key or one shorter than 32 characters.
+start with the default secret key or one shorter than 32 characters, and refuses demo mode
+(``--demo``: the playable page ``/demo``, which hands a token for the game ``demo`` to anyone).
 
 Example::
 
@@ -56,7 +57,10 @@ class Settings(BaseSettings):
     admin_key: str | None = Field(default=None, repr=False)
     """Required as X-Admin-Key to register a game; unset = open registration (development)."""
     production: bool = False
-    """Production mode: refuses to start with a default or short secret key."""
+    """Production mode: refuses to start with a default or short secret key, or with --demo."""
+    demo: bool = False
+    """Development mode: registers the game `demo` at start and serves the playable page /demo,
+    which gets a token for it from /demo/token (anyone can). Refused in production mode."""
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
     """The one algorithm access tokens are signed and accepted with (pinned)."""
     jwt_audience: str = "bosslab-games"
@@ -117,6 +121,17 @@ class Settings(BaseSettings):
                 f"production mode refuses a secret key of {len(self.secret_key)} characters: "
                 f"set {ENV_PREFIX}SECRET_KEY (or --secret-key) to a random value of at least "
                 f"{MIN_SECRET_LENGTH} characters"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_demo_in_production(self) -> Settings:
+        if self.production and self.demo:
+            raise ValueError(
+                "production mode refuses demo mode: /demo/token hands a token for the game "
+                "`demo` to anyone who asks. Drop --demo (unset "
+                f"{ENV_PREFIX}DEMO) in production, or drop --production to play the demo "
+                "on a development server"
             )
         return self
 
