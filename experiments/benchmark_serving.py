@@ -109,14 +109,19 @@ def register(base: str) -> dict[str, Any]:
 
 
 def histogram(base: str) -> dict[str, dict[float, float]]:
-    """Cumulative bucket counts of each histogram of interest."""
+    """Cumulative bucket counts of each histogram of interest, and under ``served`` the
+    decisions the server has answered (``{0.0: count}``)."""
     _, text = http("GET", f"{base}/metrics")
     out: dict[str, dict[float, float]] = {name: {} for name in HISTOGRAMS.values()}
+    served = 0.0
     for line in text.splitlines():
+        if line.startswith("bosslab_decisions_total{"):
+            served += float(line.rsplit(" ", 1)[1])
         for name, buckets in out.items():
             if line.startswith(f"{name}_bucket{{"):
                 bound = line.split('le="', 1)[1].split('"', 1)[0]
                 buckets[float(bound)] = float(line.rsplit(" ", 1)[1])
+    out["served"] = {0.0: served}
     return out
 
 
@@ -219,8 +224,16 @@ async def cpu_between(start: float, stop: float) -> float:
 
 
 def client_process(*args: Any) -> None:
+    """One client process: uvloop when installed (the server's own loop, with uvicorn's
+    ``standard`` extra), so the load generator leaves more of the shared cores to the server."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    asyncio.run(client_main(*args))
+    try:
+        import uvloop  # noqa: PLC0415 (optional)
+    except ImportError:
+        asyncio.run(client_main(*args))
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(client_main(*args))
 
 
 # --- the report -----------------------------------------------------------------------------
@@ -251,6 +264,7 @@ def report(args: argparse.Namespace, parts: list[dict[str, Any]], before: dict[s
         for kind, count in part["errors"].items():
             errors[kind] = errors.get(kind, 0) + count
     rate = len(decisions) / args.duration
+    served = after["served"][0.0] - before["served"][0.0]
     rows = [
         ("sessions connected / held open", f"{sum(p['connected'] for p in parts)} / "
                                            f"{sum(p['held'] for p in parts)}",
@@ -264,6 +278,11 @@ def report(args: argparse.Namespace, parts: list[dict[str, Any]], before: dict[s
         ("errors", str(sum(errors.values())) + (f" {errors}" if errors else ""), "0"),
         ("server CPU / all clients' CPU (of one core)",
          f"{args.server_cpu:.0%} / {sum(p['cpu'] for p in parts) / args.duration:.0%}", ""),
+        ("server CPU per decision served (with its outcome)",
+         f"{args.server_cpu * args.duration / max(1.0, served) * 1000:.3f} ms "
+         f"({served / args.duration:.0f} decisions/s served)", ""),
+        ("clients' CPU per decision (with its outcome)",
+         f"{sum(p['cpu'] for p in parts) / max(1, len(decisions)) * 1000:.3f} ms", ""),
     ]
     for label, name in HISTOGRAMS.items():
         for q in (0.5, 0.99):
@@ -328,11 +347,12 @@ def run_load(args: argparse.Namespace, base: str, server_pid: int) -> None:
     now = time.time()
     timing[:] = [now + 0.5, now + 0.5 + args.warmup, now + 0.5 + args.warmup + args.duration]
     go.set()
-    time.sleep(0.5 + args.warmup)
+    time.sleep(max(0.0, timing[1] - time.time()))
     before, cpu_before = histogram(base), cpu_seconds(server_pid)
-    parts = [results.get(timeout=args.duration + 120) for _ in processes]
-    after = histogram(base)
+    time.sleep(max(0.0, timing[2] - time.time()))
     args.server_cpu = (cpu_seconds(server_pid) - cpu_before) / args.duration
+    after = histogram(base)
+    parts = [results.get(timeout=args.duration + 120) for _ in processes]
     for process in processes:
         process.join(30)
     report(args, parts, before, after)

@@ -44,6 +44,10 @@ Both decide the same way (:meth:`decide`):
 = the session id. A move that keeps failing in a context is then blended toward 0 there and
 chosen less.
 
+The server embeds each situation once: :meth:`decide_keyed` returns the decision with the
+memory key it searched with, and :meth:`learn_keyed` stores many outcomes by their keys in one
+memory write (the memory's per-call cost is several times the cost of one more row).
+
 Threads: ``decide`` and ``learn`` may run concurrently. The memory guards itself; the brain's
 generator and the scripted boss (which has its own) are guarded by a lock held only for the
 draw; the ONNX session is thread-safe.
@@ -75,6 +79,9 @@ from serving.bundle import (
     numeric_embedder_spec,
 )
 from serving.decisions import Decision, Lesson
+
+Key = np.ndarray
+"""A situation's memory key: (dim,) float32, the numeric embedding it is searched by."""
 
 SCRIPTED_EXPLORATION = 0.2
 """Share of a scripted boss's preference spread evenly over the legal moves: its own choice
@@ -162,12 +169,15 @@ class MemoryReader:
         self.lo, self.hi = spec.value_range
         self._threads = threading.local()
 
-    def features(self, observation: np.ndarray) -> RetrievalFeatures:
-        """What the k nearest memories of each move say about one encoded observation."""
+    def keys(self, observations: np.ndarray) -> np.ndarray:
+        """(n, dim) memory keys of (n, size) encoded observations."""
+        return self.embedder.embed(observations)
+
+    def features(self, keys: np.ndarray) -> RetrievalFeatures:
+        """What the k nearest memories of each move say about each of (n, dim) keys."""
         if not getattr(self._threads, "faiss_single", False):
-            faiss.omp_set_num_threads(1)  # per thread: one query at a time needs no pool
+            faiss.omp_set_num_threads(1)  # per thread: a few queries at a time need no pool
             self._threads.faiss_single = True
-        keys = self.embedder.embed(observation[np.newaxis])
         hits = self.memory.search(keys, self.spec.k)
         return retrieval_features(hits, delta=self.spec.delta,
                                   distance_scale=self.spec.distance_scale)
@@ -187,23 +197,24 @@ class MemoryReader:
         return np.clip(self.scaled(values), 0.0, 1.0)
 
     def blend(self, preference: np.ndarray, features: RetrievalFeatures) -> np.ndarray:
-        """``rag.retrieval.blend_values`` of a (moves,) preference with the memory's values."""
+        """``rag.retrieval.blend_values`` of (n, moves) preferences with the memory's values."""
         memory = self.to_unit(features.values.astype(np.float64))
-        return blend_values(preference[np.newaxis], memory, features.counts, features.distances,
-                            lam=self.spec.lam, k=self.spec.k)[0]
+        return blend_values(preference, memory, features.counts, features.distances,
+                            lam=self.spec.lam, k=self.spec.k)
 
-    def learn(self, observation: np.ndarray, move: int, effectiveness: float,
-              session_id: str) -> int:
-        if not 0.0 <= effectiveness <= 1.0:
-            raise ValueError(f"lesson value {effectiveness} must be an effectiveness in 0..1.")
-        keys = self.embedder.embed(observation[np.newaxis])
-        value = self.lo + effectiveness * (self.hi - self.lo)
-        self.memory.add(keys, [move], [value], outcomes=effectiveness, personas=session_id,
-                        times=time.time())
+    def learn(self, keys: Sequence[Key], moves: Sequence[int], effectiveness: Sequence[float],
+              session_ids: Sequence[str]) -> int:
+        """Store outcomes (one memory write); returns the memory's size after it."""
+        for value in effectiveness:
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"lesson value {value} must be an effectiveness in 0..1.")
+        scores = np.asarray(effectiveness, dtype=np.float64)
+        self.memory.add(np.stack(keys), list(moves), self.lo + scores * (self.hi - self.lo),
+                        outcomes=scores, personas=list(session_ids), times=time.time())
         return len(self.memory)
 
 
-class _Brain:
+class MemoryBrain:
     """What both brains share: the game, the memory, the choice. Subclasses score moves."""
 
     sample = True
@@ -221,25 +232,43 @@ class _Brain:
 
     def decide(self, situation: Situation) -> Decision:
         """One boss move for ``situation`` (see the module docstring for how)."""
-        situation, phase = self.view.in_game_terms(situation)
-        observation = self.view.layout.encode_situation(situation)
-        legal = self.view.legal(phase, situation.boss)
-        features = self.reader.features(observation)
+        return self.decide_many([situation])[0][0]
+
+    def decide_keyed(self, situation: Situation) -> tuple[Decision, Key]:
+        """:meth:`decide`, and the situation's memory key (for :meth:`learn_keyed`)."""
+        return self.decide_many([situation])[0]
+
+    def decide_many(self, situations: Sequence[Situation]) -> list[tuple[Decision, Key]]:
+        """:meth:`decide_keyed` for several situations at once, as if one by one in order:
+        one embedding, one memory search and one policy call for all of them (their fixed
+        costs dominate a single decision). A bad situation fails the whole call."""
+        in_terms = [self.view.in_game_terms(situation) for situation in situations]
+        observations = np.stack([self.view.layout.encode_situation(situation)
+                                 for situation, _ in in_terms])
+        legal = np.stack([self.view.legal(phase, situation.boss)
+                          for situation, phase in in_terms])
+        keys = self.reader.keys(observations)
+        features = self.reader.features(keys)
         if self.memory_only:
             preference = legal.astype(np.float64) * 0.5
         else:
-            preference = self.preference(observation, features, legal)
+            preference = self.preference(observations, features, legal)
         blended = self.reader.blend(preference, features)
+        retrieved = np.where(legal, features.counts, 0).sum(axis=1)
+        return [(self._choose(blended[row], legal[row], int(retrieved[row])), keys[row])
+                for row in range(len(situations))]
+
+    def _choose(self, blended: np.ndarray, legal: np.ndarray, retrieved: int) -> Decision:
+        """The move of one situation from its blended (moves,) values (module doc, step 7)."""
         probabilities = _renormalized(blended, legal)
         move = self._draw(probabilities) if self.sample else _legal_argmax(blended, legal)
         return Decision(move=self.view.moves[move], action_type=self.view.action_types[move],
                         parameters=dict(self.view.parameters[move]),
-                        confidence=float(probabilities[move]),
-                        retrieved=int(features.counts[0][legal].sum()))
+                        confidence=float(probabilities[move]), retrieved=retrieved)
 
-    def preference(self, observation: np.ndarray, features: RetrievalFeatures,
+    def preference(self, observations: np.ndarray, features: RetrievalFeatures,
                    legal: np.ndarray) -> np.ndarray:
-        """(moves,) float64 in 0..1: how much the policy prefers each move."""
+        """(n, moves) float64 in 0..1: how much the policy prefers each move."""
         raise NotImplementedError
 
     def _draw(self, probabilities: np.ndarray) -> int:
@@ -253,10 +282,21 @@ class _Brain:
 
     def learn(self, lesson: Lesson) -> int:
         """Store the outcome in the memory; returns the memory's size after it."""
-        situation, _ = self.view.in_game_terms(lesson.situation)
-        observation = self.view.layout.encode_situation(situation)
-        return self.reader.learn(observation, self.view.move_index(lesson.move),
-                                 float(lesson.value), lesson.session_id)
+        return self.learn_keyed([self.key_of(lesson.situation)], [lesson.move],
+                                [float(lesson.value)], [lesson.session_id])
+
+    def key_of(self, situation: Situation) -> Key:
+        """The memory key :meth:`decide_keyed` gives for ``situation``."""
+        situation, _ = self.view.in_game_terms(situation)
+        return self.reader.keys(self.view.layout.encode_situation(situation)[np.newaxis])[0]
+
+    def learn_keyed(self, keys: Sequence[Key], moves: Sequence[str], values: Sequence[float],
+                    session_ids: Sequence[str]) -> int:
+        """Store several outcomes at once by their situations' keys (as :meth:`learn` does one
+        by one, in order); returns the memory's size after them. A bad move or value raises
+        ``ValueError`` and stores none of them."""
+        indexes = [self.view.move_index(move) for move in moves]
+        return self.reader.learn(keys, indexes, values, session_ids)
 
     def memory_size(self) -> int:
         return len(self.reader.memory)
@@ -275,7 +315,7 @@ def _renormalized(blended: np.ndarray, legal: np.ndarray) -> np.ndarray:
     return weights / total
 
 
-class ScriptedBrain(_Brain):
+class ScriptedBrain(MemoryBrain):
     """A scripted boss (``envs.bosses``: random, rotation, reactive) with the episodic memory.
 
     ``ScriptedBrain("duel")`` needs nothing else: an empty memory, default blending.
@@ -290,16 +330,16 @@ class ScriptedBrain(_Brain):
                          policy_version or f"scripted-{boss}", seed)
         self.boss = make_boss(boss, definition, seed=seed)
 
-    def preference(self, observation: np.ndarray, features: RetrievalFeatures,
+    def preference(self, observations: np.ndarray, features: RetrievalFeatures,
                    legal: np.ndarray) -> np.ndarray:
         with self._lock:  # scripted bosses draw from their own generator
-            choice = int(self.boss.select_moves(observation[np.newaxis], legal[np.newaxis])[0])
-        preference = legal * (SCRIPTED_EXPLORATION / legal.sum())
-        preference[choice] += 1.0 - SCRIPTED_EXPLORATION
+            choices = self.boss.select_moves(observations, legal)
+        preference = legal * (SCRIPTED_EXPLORATION / legal.sum(axis=1, keepdims=True))
+        preference[np.arange(len(legal)), choices] += 1.0 - SCRIPTED_EXPLORATION
         return preference
 
 
-class BundleBrain(_Brain):
+class BundleBrain(MemoryBrain):
     """An exported bundle's ONNX policy (``actor_critic`` or ``q_values``) with its memory."""
 
     def __init__(self, bundle: Bundle, seed: int = 0) -> None:
@@ -328,18 +368,18 @@ class BundleBrain(_Brain):
                              f"width {input_size} and output 'scores'. Fix: export the bundle "
                              f"again.")
 
-    def preference(self, observation: np.ndarray, features: RetrievalFeatures,
+    def preference(self, observations: np.ndarray, features: RetrievalFeatures,
                    legal: np.ndarray) -> np.ndarray:
-        row = observation[np.newaxis]
+        rows = observations
         if self.retrieval_inputs:
-            row = np.concatenate([row, self.reader.input_rows(features)], axis=1)
-        scores = self.session.run(["scores"], {"observation": row.astype(np.float32)})[0][0]
+            rows = np.concatenate([rows, self.reader.input_rows(features)], axis=1)
+        scores = self.session.run(["scores"], {"observation": rows.astype(np.float32)})[0]
         scores = scores.astype(np.float64)
         if self.kind == "q_values":  # in value_range units, unclipped: argmax keeps its order
             return np.where(legal, self.reader.scaled(scores), 0.0)
         logits = np.where(legal, scores, -np.inf)
-        exp = np.exp(logits - logits.max())
-        return exp / exp.sum()
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
 
 
 def onnx_session(model: str | bytes) -> ort.InferenceSession:
@@ -352,7 +392,7 @@ def onnx_session(model: str | bytes) -> ort.InferenceSession:
     return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def brain_for(bundle: Bundle, seed: int = 0) -> _Brain:
+def brain_for(bundle: Bundle, seed: int = 0) -> MemoryBrain:
     """The brain a bundle's policy kind needs, with its own copy of the memory snapshot."""
     manifest = bundle.manifest
     if manifest.policy.kind == "scripted":
@@ -363,5 +403,5 @@ def brain_for(bundle: Bundle, seed: int = 0) -> _Brain:
     return BundleBrain(bundle, seed=seed)
 
 
-__all__ = ["SCRIPTED_EXPLORATION", "BundleBrain", "GameView", "MemoryReader", "ScriptedBrain",
-           "brain_for", "onnx_session"]
+__all__ = ["SCRIPTED_EXPLORATION", "BundleBrain", "GameView", "Key", "MemoryBrain",
+           "MemoryReader", "ScriptedBrain", "brain_for", "onnx_session"]

@@ -8,7 +8,8 @@ bosslab_decisions_total{game}               counter    moves served (stored, the
 bosslab_outcomes_total{game,result}         counter    outcomes: stored / duplicate
 bosslab_errors_total{code}                  counter    error messages sent, by protocol code
 bosslab_open_sockets                        gauge      WebSocket connections open now
-bosslab_decision_seconds                    histogram  the brain's decision (request to move)
+bosslab_decision_seconds                    histogram  the brain's decision (of the requests of
+                                                       one loop turn, decided together: theirs)
 bosslab_decision_store_seconds              histogram  waiting for the decision's group commit
 bosslab_request_seconds                     histogram  a request from frame received to answer
                                                        ready (``latency_ms`` of the response)

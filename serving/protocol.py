@@ -349,9 +349,17 @@ def to_situation(request: BossActionRequest, boss: BossState) -> Situation:
     )
 
 
+SITUATION_FIELDS = tuple(f.name for f in fields(Situation))
+BOSS_FIELDS = tuple(f.name for f in fields(BossState))
+
+
 def situation_json(situation: Situation) -> dict[str, Any]:
-    """A situation as JSON data (stored with its decision)."""
-    return asdict(situation)
+    """A situation as JSON data (stored with its decision): what ``dataclasses.asdict``
+    gives, built field by field (asdict's deep copy costs more than the decision's policy)."""
+    data = {name: getattr(situation, name) for name in SITUATION_FIELDS}
+    data["player"] = {name: getattr(situation.player, name) for name in PLAYER_FIELDS}
+    data["boss"] = {name: getattr(situation.boss, name) for name in BOSS_FIELDS}
+    return data
 
 
 def situation_from_json(data: Mapping[str, Any]) -> Situation:

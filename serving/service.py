@@ -3,15 +3,20 @@ paths. The routers (HTTP and WebSocket) only translate between the wire and thes
 
 Decision path (:meth:`Service.decide`), under the session's lock so moves count in order:
 request -> checked against the game's terms -> :class:`envs.observation.Situation` (the
-request plus the session's boss state: last move, habits) -> ``brain.decide`` -> a fresh
-``action_id`` (uuid4 hex) -> the decision is stored through the group-commit
-:class:`serving.writer.DecisionWriter` and *committed before the response is built*, so every
+request plus the session's boss state: last move, habits) -> ``brain.decide_many`` with the
+other requests of the game in the same turn of the event loop (:class:`DecisionBatch`: one
+embedding, memory search and policy call for all) -> the move and the situation's memory key,
+kept for learning (one embedding per decision) -> a fresh
+``action_id`` (:class:`ActionIds`) -> the decision is stored through the group-commit
+:class:`serving.writer.StorageWriter` and *committed before the response is built*, so every
 action_id a game ever received is recognised after a crash -> the session counts the move.
 
-Outcome path (:meth:`Service.record_outcome`): the outcome goes through the group-commit
-:class:`serving.writer.OutcomeWriter` (committed, or a duplicate, or an unknown action) ->
-only when newly stored, the brain learns it (``Lesson``) and the player's profile counts it ->
-``learning_update``. A duplicate changes nothing and says ``duplicate: true``.
+Outcome path (:meth:`Service.record_outcome`): the outcome goes through the same writer
+(committed, or a duplicate, or an unknown action; decisions and outcomes of a group commit
+share one transaction) -> only when newly stored, the brain learns it and the player's
+profile counts it -> ``learning_update``. Outcomes stored in the same turn of the event loop
+are learnt in one memory write (:class:`LessonBatch`). A duplicate changes nothing and says
+``duplicate: true``.
 
 At start (:meth:`Service.start`) every registered game gets a fresh brain from its bundle, and
 every stored lesson is replayed through ``brain.learn`` and into the session profiles.
@@ -20,20 +25,24 @@ every stored lesson is replayed through ``brain.learn`` and into the session pro
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import time
 import uuid
 import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any, NamedTuple, Protocol
 
 from envs.observation import Situation
 from serving.auth import AuthError, check_api_key, hash_api_key, issue_token, new_api_key
+from serving.brain import Key, MemoryBrain
 from serving.bundle import Bundle
-from serving.decisions import BossBrain, Lesson
+from serving.decisions import BossBrain, Decision, Lesson
 from serving.limits import ConnectionLimit
 from serving.metrics import LatencyWindow, Metrics
 from serving.protocol import (
@@ -59,17 +68,14 @@ from serving.storage import (
     StorageUnavailable,
     UnknownAction,
 )
-from serving.writer import DecisionWriter, OutcomeWriter
+from serving.writer import StorageWriter
 
 log = logging.getLogger("serving.service")
 
-DECISION_COMMIT_INTERVAL = 0.002
-"""Seconds between two group commits of decisions at least (the writer's ``min_interval``):
-under load each commit carries every record of the interval, so its cost is shared. A
+COMMIT_INTERVAL = 0.002
+"""Seconds between two group commits at least (the writer's ``min_interval``): under load
+each commit carries every decision and outcome of the interval, so its cost is shared. A
 decision's answer waits for its commit: short."""
-OUTCOME_COMMIT_INTERVAL = 0.008
-"""The same for outcomes, whose acknowledgement can wait longer: fewer, larger commits leave
-more of the CPU (and the GIL) to decisions."""
 RECENT_DECISIONS = 50_000
 """Decisions kept in memory until their outcome arrives (older ones are read from storage)."""
 
@@ -92,12 +98,104 @@ class Drainable(Protocol):
     async def drain(self, timeout: float) -> None: ...
 
 
+class ActionIds:
+    """Fresh action_ids: 32 hex characters, a random 64-bit prefix drawn once per server run
+    followed by a counter. Unique across runs (a repeat would be refused by the database's
+    unique key, never stored twice), and without the system call uuid4 makes per decision."""
+
+    def __init__(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self._counter = itertools.count()
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self._counter):016x}"
+
+
+class Committer(Protocol):
+    """A group-commit writer (``serving.writer``): ``submit`` resolves once committed."""
+
+    def submit(self, item: Any) -> Future[Any]: ...
+
+    def close(self, timeout: float | None = 30.0) -> None: ...
+
+
 class Issued(NamedTuple):
     """A decision waiting for its outcome: what the brain learns from."""
 
     situation: Situation
     move: str
     session_id: str
+    key: Key | None = None
+    """The situation's memory key (None: the brain embeds the situation when it learns)."""
+
+
+class DecisionBatch:
+    """Requests of one game decided in the same turn of the event loop: the brain decides them
+    together at the end of the turn (``MemoryBrain.decide_many``). If that fails, each is
+    decided alone, so a bad request fails only itself."""
+
+    def __init__(self, brain: MemoryBrain) -> None:
+        self.brain = brain
+        self.situations: list[Situation] = []
+        self.waiting: list[asyncio.Future[tuple[Decision, Key]]] = []
+        self.done = False
+        self.seconds = 0.0
+        """How long the brain took for the whole batch (the decision's own time)."""
+        asyncio.get_running_loop().call_soon(self._flush)
+
+    def add(self, situation: Situation) -> asyncio.Future[tuple[Decision, Key]]:
+        future: asyncio.Future[tuple[Decision, Key]] = (
+            asyncio.get_running_loop().create_future())
+        self.situations.append(situation)
+        self.waiting.append(future)
+        return future
+
+    def _flush(self) -> None:
+        self.done = True
+        started = perf_counter()
+        try:
+            decided = self.brain.decide_many(self.situations)
+        except Exception:  # retried one by one: only the bad ones fail
+            self._one_by_one()
+            return
+        finally:
+            self.seconds = perf_counter() - started
+        for future, result in zip(self.waiting, decided, strict=True):
+            if not future.cancelled():
+                future.set_result(result)
+
+    def _one_by_one(self) -> None:
+        for future, situation in zip(self.waiting, self.situations, strict=True):
+            if future.cancelled():
+                continue
+            try:
+                future.set_result(self.brain.decide_keyed(situation))
+            except Exception as error:  # answered to that request alone
+                future.set_exception(error)
+
+
+class LessonBatch:
+    """Outcomes of one game stored in the same turn of the event loop: the brain learns them
+    in one memory write at the end of the turn (``MemoryBrain.learn_keyed``); every caller
+    awaits the memory's size after it."""
+
+    def __init__(self, brain: MemoryBrain) -> None:
+        self.brain = brain
+        self.rows: list[tuple[Key, str, float, str]] = []
+        loop = asyncio.get_running_loop()
+        self.learnt: asyncio.Future[int] = loop.create_future()
+        loop.call_soon(self._flush)
+
+    def add(self, key: Key, move: str, value: float, session_id: str) -> asyncio.Future[int]:
+        self.rows.append((key, move, value, session_id))
+        return self.learnt
+
+    def _flush(self) -> None:
+        keys, moves, values, session_ids = zip(*self.rows, strict=True)
+        try:
+            self.learnt.set_result(self.brain.learn_keyed(keys, moves, values, session_ids))
+        except Exception as error:  # reaches every outcome of the batch
+            self.learnt.set_exception(error)
 
 
 class RecentDecisions:
@@ -127,6 +225,10 @@ class GameRuntime:
     sessions: Sessions
     recent: RecentDecisions = field(default_factory=RecentDecisions)
     latency: LatencyWindow = field(default_factory=LatencyWindow)
+    decisions: DecisionBatch | None = None
+    """The batch of requests this turn of the event loop adds to (None or done: start one)."""
+    lessons: LessonBatch | None = None
+    """The batch of lessons this turn of the event loop adds to (None or done: start one)."""
 
     @property
     def game_id(self) -> str:
@@ -152,8 +254,11 @@ class Service:
         self.connections: set[Drainable] = set()
         self.connection_limit = ConnectionLimit(settings.max_connections)
         self.draining = False
-        self.decision_writer = DecisionWriter(storage, min_interval=DECISION_COMMIT_INTERVAL)
-        self.outcome_writer = OutcomeWriter(storage, min_interval=OUTCOME_COMMIT_INTERVAL)
+        self.action_ids = ActionIds()
+        writer = StorageWriter(storage, min_interval=COMMIT_INTERVAL)
+        self.decision_writer: Committer = writer
+        self.outcome_writer: Committer = writer
+        """Both the one writer: decisions and outcomes share its transactions."""
 
     # --- start and stop ---------------------------------------------------------------------
 
@@ -206,7 +311,7 @@ class Service:
         await asyncio.gather(*(c.drain(timeout) for c in open_now), return_exceptions=True)
 
     async def close(self) -> None:
-        """Drain, flush both writers, close storage."""
+        """Drain, flush the writer(s), close storage."""
         await self.drain()
         await asyncio.to_thread(self.decision_writer.close)
         await asyncio.to_thread(self.outcome_writer.close)
@@ -307,11 +412,10 @@ class Service:
         check_request(request, game.terms, request_id)
         session = await self.session(game, session_id)
         async with session.lock:
-            started = perf_counter()
             situation = to_situation(request, session.habits.boss_state())
-            decision = game.brain.decide(situation)
+            decision, key, decide_s = await _decide(game, situation)
             decided = perf_counter()
-            action_id = uuid.uuid4().hex
+            action_id = self.action_ids.next()
             stored_situation = {**situation_json(situation),
                                 "habit_counts": session.habits.snapshot()}
             record = DecisionRecord(action_id, game_id, session.session_id, stored_situation,
@@ -319,9 +423,9 @@ class Service:
             await self._commit_decision(record)
             session.habits.played(decision.move)
             session.decisions += 1
-        game.recent.add(action_id, Issued(situation, decision.move, session.session_id))
+        game.recent.add(action_id, Issued(situation, decision.move, session.session_id, key))
         latency_ms = (perf_counter() - received) * 1000.0
-        self._count_decision(game, decided - started, perf_counter() - decided, latency_ms)
+        self._count_decision(game, decide_s, perf_counter() - decided, latency_ms)
         return {
             "action_id": action_id,
             "boss_action": {"boss_action": decision.move, "action_type": decision.action_type,
@@ -383,9 +487,7 @@ class Service:
         if issued is None:
             return ("stored; the memory learns it at the next start (its decision could not "
                     "be read now)", game.brain.memory_size())
-        lesson = Lesson(issued.situation, issued.move, outcome.effectiveness_score,
-                        issued.session_id)
-        memory_size = game.brain.learn(lesson)
+        memory_size = await self._teach(game, issued, outcome.effectiveness_score)
         profile = game.sessions.get(issued.session_id).profile
         record = profile.add_lesson(issued.situation.player, issued.move, outcome.outcome,
                                     outcome.effectiveness_score)
@@ -393,6 +495,18 @@ class Service:
         return (f"memory +1: {issued.move} {outcome.outcome} "
                 f"({outcome.effectiveness_score:.2f}); against this player {issued.move} "
                 f"averages {mean.mean:.2f} over {mean.count}", memory_size)
+
+    @staticmethod
+    async def _teach(game: GameRuntime, issued: Issued, value: float) -> int:
+        """The brain learns one stored outcome (batched when it has the key); the memory's
+        size after it."""
+        brain = game.brain
+        if issued.key is None or not isinstance(brain, MemoryBrain):
+            return brain.learn(Lesson(issued.situation, issued.move, value, issued.session_id))
+        batch = game.lessons
+        if batch is None or batch.learnt.done() or batch.brain is not brain:
+            batch = game.lessons = LessonBatch(brain)
+        return await batch.add(issued.key, issued.move, value, issued.session_id)
 
     async def _stored_decision(self, game: GameRuntime, action_id: str) -> Issued | None:
         try:
@@ -445,6 +559,22 @@ class Service:
             "open_sockets": self.connection_limit.open,
             "draining": self.draining,
         }
+
+
+async def _decide(game: GameRuntime,
+                  situation: Situation) -> tuple[Decision, Key | None, float]:
+    """The brain's decision (batched with the turn's others when the brain can), the
+    situation's memory key when the brain gives it, and the brain's time in seconds (for a
+    batch: the whole batch's; the wait for the end of the turn is not counted)."""
+    brain = game.brain
+    if not isinstance(brain, MemoryBrain):
+        started = perf_counter()
+        return brain.decide(situation), None, perf_counter() - started
+    batch = game.decisions
+    if batch is None or batch.done or batch.brain is not brain:
+        batch = game.decisions = DecisionBatch(brain)
+    decision, key = await batch.add(situation)
+    return decision, key, batch.seconds
 
 
 def classify(error: BaseException) -> tuple[str, str]:

@@ -18,6 +18,12 @@ outcomes    what the game reported for a decision                  seq; unique (
 
 ``seq`` numbers rows in storage order; :meth:`Storage.lessons` replays outcomes in it.
 
+The hot path (:meth:`Storage.store`: decisions and outcomes of one group commit, in one
+transaction) talks to the driver directly (sqlite3 or psycopg, statements prepared once per
+dialect by :class:`_SqliteStatements` / :class:`_PostgresStatements`): SQLAlchemy's compilation
+and result machinery cost several times the database's own work per commit. Everything else
+goes through SQLAlchemy Core.
+
 Errors: every database failure surfaces as :class:`StorageUnavailable` (nothing was stored,
 send again). :class:`GameExists`, :class:`UnknownAction` and :class:`RecordRejected` are the
 caller's mistakes. A :class:`Storage` is safe to share between threads.
@@ -32,9 +38,10 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +61,8 @@ from sqlalchemy.pool import StaticPool
 
 LESSON_PAGE = 1000
 """Rows fetched per query while replaying lessons."""
+LOOKUP_CHUNK = 500
+"""action_ids looked up per query (SQLite allows 32,766 parameters per statement)."""
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 PG_CONNECT_TIMEOUT_S = 5
 
@@ -251,10 +260,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 @contextlib.contextmanager
-def _database_errors(doing: str) -> Iterator[None]:
+def _database_errors(doing: str, dbapi: Any = None) -> Iterator[None]:
     """Turn any database failure into :class:`StorageUnavailable` naming what failed, and a
     record the database cannot take (a constraint, a value that is not JSON) into
-    :class:`RecordRejected`."""
+    :class:`RecordRejected`. ``dbapi``: the driver module, for errors raised by its own
+    connections (the hot path bypasses SQLAlchemy)."""
+    driver_error = dbapi.Error if dbapi is not None else ()
     try:
         yield
     except StorageError:
@@ -263,14 +274,22 @@ def _database_errors(doing: str) -> Iterator[None]:
         if isinstance(error, DBAPIError) and not isinstance(error, (IntegrityError, DataError)):
             raise _unavailable(doing, error) from error
         # A constraint, or a value the database cannot take (not JSON, NaN in JSONB...).
-        raise RecordRejected(
-            f"a record was rejected while {doing} ({_first_line(error)}); nothing was stored"
-        ) from error
+        raise _rejected(doing, error) from error
     except SQLAlchemyError as error:
+        raise _unavailable(doing, error) from error
+    except driver_error as error:
+        if isinstance(error, (dbapi.IntegrityError, dbapi.DataError)):
+            raise _rejected(doing, error) from error
         raise _unavailable(doing, error) from error
 
 
-def _unavailable(doing: str, error: SQLAlchemyError) -> StorageUnavailable:
+def _rejected(doing: str, error: Exception) -> RecordRejected:
+    return RecordRejected(
+        f"a record was rejected while {doing} ({_first_line(error)}); nothing was stored"
+    )
+
+
+def _unavailable(doing: str, error: Exception) -> StorageUnavailable:
     cause = getattr(error, "orig", None) or error
     return StorageUnavailable(
         f"storage unavailable while {doing} ({type(cause).__name__}: {_first_line(error)}); "
@@ -284,6 +303,91 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0][:200] if text else type(error).__name__
 
 
+_DECISION_COLUMNS = "game_id, action_id, session_id, situation, move, policy_version, created_at"
+_OUTCOME_COLUMNS = ("game_id, action_id, outcome, effectiveness_score, damage_dealt, player_hit, "
+                    "execution_time, created_at")
+
+
+class _SqliteStatements:
+    """The hot path's statements for sqlite3 (``?`` parameters)."""
+
+    insert_decisions = f"INSERT INTO decisions ({_DECISION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    insert_outcome = (f"INSERT INTO outcomes ({_OUTCOME_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                      "ON CONFLICT DO NOTHING")
+
+    @staticmethod
+    def begin(cursor: Any) -> None:
+        """Take the write lock at once: a transaction that reads, then writes, must not find
+        another writer's commit in between (SQLite would refuse it, not wait)."""
+        cursor.execute("BEGIN IMMEDIATE")
+
+    @staticmethod
+    def known(cursor: Any, game_id: str, action_ids: Sequence[str]) -> list[str]:
+        """Which of ``action_ids`` are stored decisions of ``game_id``."""
+        marks = ", ".join("?" * len(action_ids))
+        cursor.execute(f"SELECT action_id FROM decisions WHERE game_id = ? AND action_id IN "
+                       f"({marks})", (game_id, *action_ids))
+        return [action_id for (action_id,) in cursor.fetchall()]
+
+    def insert_outcomes(
+        self, cursor: Any, rows: Sequence[tuple[Any, ...]]
+    ) -> set[tuple[str, str]]:
+        """Insert outcome rows not stored yet; the (game_id, action_id) pairs inserted."""
+        inserted = set()
+        for row in rows:  # one statement per row: its rowcount says whether it was new
+            cursor.execute(self.insert_outcome, row)
+            if cursor.rowcount == 1:
+                inserted.add((row[0], row[1]))
+        return inserted
+
+
+class _PostgresStatements(_SqliteStatements):
+    """The hot path's statements for psycopg 3 (``%s`` parameters, one round trip per batch)."""
+
+    insert_decisions = (f"INSERT INTO decisions ({_DECISION_COLUMNS}) "
+                        "VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s)")
+    insert_outcome = (f"INSERT INTO outcomes ({_OUTCOME_COLUMNS}) "
+                      "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+                      "ON CONFLICT DO NOTHING RETURNING game_id, action_id")
+
+    @staticmethod
+    def begin(cursor: Any) -> None:
+        """psycopg opens the transaction with the first statement."""
+
+    @staticmethod
+    def known(cursor: Any, game_id: str, action_ids: Sequence[str]) -> list[str]:
+        cursor.execute("SELECT action_id FROM decisions WHERE game_id = %s AND "
+                       "action_id = ANY(%s)", (game_id, list(action_ids)))
+        return [action_id for (action_id,) in cursor.fetchall()]
+
+    def insert_outcomes(
+        self, cursor: Any, rows: Sequence[tuple[Any, ...]]
+    ) -> set[tuple[str, str]]:
+        inserted: set[tuple[str, str]] = set()
+        if not rows:
+            return inserted
+        cursor.executemany(self.insert_outcome, rows, returning=True)  # pipelined
+        while True:
+            for game_id, action_id in cursor.fetchall():
+                inserted.add((game_id, action_id))
+            if not cursor.nextset():
+                return inserted
+
+
+def _decision_params(record: DecisionRecord) -> tuple[Any, ...]:
+    return (record.game_id, record.action_id, record.session_id, json.dumps(record.situation),
+            record.move, record.policy_version, record.created_at)
+
+
+def _outcome_params(record: OutcomeRecord) -> tuple[Any, ...]:
+    return (record.game_id, record.action_id, record.outcome, record.effectiveness_score,
+            record.damage_dealt, record.player_hit, record.execution_time, record.created_at)
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
+    return (items[start:start + size] for start in range(0, len(items), size))
+
+
 class Storage:
     """Games, sessions, decisions and outcomes in SQLite or PostgreSQL. Thread-safe."""
 
@@ -291,6 +395,9 @@ class Storage:
         self.url = normalise_url(url)
         self.dialect = self.url.get_backend_name()
         self._engine = _make_engine(self.url)
+        self._dbapi = self._engine.dialect.loaded_dbapi
+        self._statements = (_PostgresStatements() if self.dialect == "postgresql"
+                            else _SqliteStatements())
         # One shared connection (in-memory SQLite) must not be used by two threads at once.
         self._serial = threading.RLock() if _is_memory(self.url) else None
 
@@ -304,6 +411,24 @@ class Storage:
         lock = self._serial if self._serial is not None else contextlib.nullcontext()
         with lock, _database_errors(doing), self._engine.begin() as connection:
             yield connection
+
+    @contextlib.contextmanager
+    def _driver_transaction(self, doing: str) -> Iterator[Any]:
+        """A driver cursor in a transaction, committed on success (the hot path); failures
+        become :class:`StorageUnavailable` or :class:`RecordRejected`."""
+        lock = self._serial if self._serial is not None else contextlib.nullcontext()
+        with lock, _database_errors(doing, self._dbapi):
+            connection = self._engine.raw_connection()
+            try:
+                cursor = connection.cursor()
+                self._statements.begin(cursor)
+                yield cursor
+                connection.commit()
+            except BaseException:
+                _roll_back(connection)
+                raise
+            finally:
+                connection.close()  # back to the pool
 
     def _insert(self, table: sa.Table) -> Any:
         """An INSERT that can say ON CONFLICT DO NOTHING in this dialect. (Whether it inserted
@@ -378,11 +503,7 @@ class Storage:
         Raises :class:`RecordRejected` if one names an unregistered game or repeats a stored
         action_id (then none is stored), :class:`StorageUnavailable` if the database fails.
         """
-        if not records:
-            return
-        rows = [_row(record) for record in records]
-        with self._transaction("storing decisions") as connection:
-            connection.execute(sa.insert(decisions), rows)
+        self.store(records, ())
 
     def get_decision(self, game_id: str, action_id: str) -> DecisionRecord | None:
         """The decision ``action_id`` of ``game_id``, or None."""
@@ -406,48 +527,58 @@ class Storage:
         """Store outcomes in one transaction (group commit). One result per record, in order:
         True (stored), False (duplicate, including a repeat within the batch) or an
         :class:`UnknownAction` (not stored). Raises :class:`StorageUnavailable` for the whole
-        batch if the database fails (then nothing was stored).
+        batch if the database fails (then nothing was stored)."""
+        return self.store((), records)
 
-        Three statements whatever the batch size: which decisions exist, one multi-row
-        INSERT ... ON CONFLICT DO NOTHING RETURNING (what was new), the commit.
+    def store(
+        self, decisions: Sequence[DecisionRecord], outcomes: Sequence[OutcomeRecord]
+    ) -> list[bool | UnknownAction]:
+        """Store decisions, then outcomes, in one transaction: one group commit of both, so a
+        decision is durable before or together with any outcome that refers to it. Returns one
+        result per outcome as :meth:`add_outcomes`. Raises :class:`RecordRejected` if a
+        decision is rejected and :class:`StorageUnavailable` if the database fails (then
+        nothing of either was stored).
+
+        Statements: one executemany of the decisions, one lookup of the outcomes' decisions
+        per game, the outcomes' inserts (pipelined on PostgreSQL), the commit.
         """
-        if not records:
+        if not decisions and not outcomes:
             return []
+        with self._driver_transaction("storing decisions and outcomes") as cursor:
+            if decisions:
+                rows = [_decision_params(record) for record in decisions]
+                cursor.executemany(self._statements.insert_decisions, rows)
+            return self._store_outcomes(cursor, outcomes) if outcomes else []
+
+    def _store_outcomes(
+        self, cursor: Any, records: Sequence[OutcomeRecord]
+    ) -> list[bool | UnknownAction]:
+        """Insert the outcomes of known decisions (the first of each action_id); one result
+        per record."""
         keys = [(record.game_id, record.action_id) for record in records]
-        with self._transaction("storing outcomes") as connection:
-            known = self._known_decisions(connection, keys)
-            first = {key: index for index, key in reversed(list(enumerate(keys)))}
-            fresh = [records[i] for i, key in enumerate(keys) if key in known and first[key] == i]
-            inserted = self._insert_outcomes(connection, fresh)
+        known = self._known_decisions(cursor, keys)
+        first: dict[tuple[str, str], int] = {}
+        for index, key in enumerate(keys):
+            first.setdefault(key, index)
+        fresh = [_outcome_params(records[index]) for key, index in first.items() if key in known]
+        inserted = self._statements.insert_outcomes(cursor, fresh)
         return [
             _unknown_action(record) if key not in known else (key in inserted and first[key] == i)
             for i, (key, record) in enumerate(zip(keys, records, strict=True))
         ]
 
-    @staticmethod
     def _known_decisions(
-        connection: Connection, keys: Sequence[tuple[str, str]]
+        self, cursor: Any, keys: Iterable[tuple[str, str]]
     ) -> set[tuple[str, str]]:
         """Which (game_id, action_id) pairs are stored decisions."""
-        pair = sa.tuple_(decisions.c.game_id, decisions.c.action_id)
-        query = sa.select(decisions.c.game_id, decisions.c.action_id).where(
-            pair.in_(sorted(set(keys)))
-        )
-        return {(game_id, action_id) for game_id, action_id in connection.execute(query)}
-
-    def _insert_outcomes(
-        self, connection: Connection, records: Sequence[OutcomeRecord]
-    ) -> set[tuple[str, str]]:
-        """Insert outcomes not stored yet, in order; the (game_id, action_id) pairs inserted."""
-        if not records:
-            return set()
-        statement = (
-            self._insert(outcomes)
-            .on_conflict_do_nothing()
-            .returning(outcomes.c.game_id, outcomes.c.action_id)
-        )
-        rows = [_row(record) for record in records]  # executemany: one compiled statement
-        return {(game_id, action_id) for game_id, action_id in connection.execute(statement, rows)}
+        by_game: dict[str, list[str]] = {}
+        for game_id, action_id in set(keys):
+            by_game.setdefault(game_id, []).append(action_id)
+        known: set[tuple[str, str]] = set()
+        for game_id, action_ids in by_game.items():
+            for chunk in _chunks(action_ids, LOOKUP_CHUNK):
+                known.update((game_id, a) for a in self._statements.known(cursor, game_id, chunk))
+        return known
 
     def lessons(self, game_id: str) -> Iterator[tuple[DecisionRecord, OutcomeRecord]]:
         """Every stored outcome of a game with its decision, in storage order.
@@ -504,6 +635,14 @@ class Storage:
             mean_effectiveness=None if mean is None else float(mean),
             action_mix=mix,
         )
+
+
+def _roll_back(connection: Any) -> None:
+    """Undo a failed transaction; a connection that cannot even roll back is discarded."""
+    try:
+        connection.rollback()
+    except Exception:  # the connection is broken: the pool must not hand it out again
+        connection.invalidate()
 
 
 def _unknown_action(record: OutcomeRecord) -> UnknownAction:

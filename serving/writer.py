@@ -12,6 +12,9 @@ at most every ``min_interval`` seconds and carry everything that arrived meanwhi
 - :class:`OutcomeWriter`: the future resolves to True (stored) or False (duplicate) once
   committed, so the ``learning_update`` can be sent; it raises :class:`UnknownAction` for an
   action_id the game was never given.
+- :class:`StorageWriter` (what the server uses): both kinds through one thread, each batch's
+  decisions and outcomes in one transaction (``Storage.store``): half the commits of two
+  writers, and a decision is never durable later than an outcome that refers to it.
 
 Either raises :class:`StorageUnavailable` for a batch the database refused: nothing of it
 was stored. A future cancelled before its batch starts is dropped, not stored.
@@ -187,6 +190,49 @@ class DecisionWriter(GroupCommitter[DecisionRecord, None]):
         except StorageError as error:
             return error
         return None
+
+
+class StorageWriter(GroupCommitter[DecisionRecord | OutcomeRecord, bool | None]):
+    """Group commit of decisions and outcomes together (see the module docstring): a
+    decision's future resolves to None, an outcome's as :class:`OutcomeWriter`'s."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        max_batch: int = MAX_BATCH,
+        min_interval: float = MIN_INTERVAL,
+    ) -> None:
+        self._storage = storage
+        super().__init__(
+            self._store,
+            "bosslab-storage-writer",
+            max_batch=max_batch,
+            min_interval=min_interval,
+        )
+
+    def _store(
+        self, batch: list[DecisionRecord | OutcomeRecord]
+    ) -> list[bool | BaseException | None]:
+        decisions = [record for record in batch if isinstance(record, DecisionRecord)]
+        outcomes = [record for record in batch if isinstance(record, OutcomeRecord)]
+        try:
+            stored = iter(self._storage.store(decisions, outcomes))
+        except RecordRejected:
+            if len(batch) == 1:
+                raise
+            return [self._store_alone(record) for record in batch]
+        return [None if isinstance(record, DecisionRecord) else next(stored) for record in batch]
+
+    def _store_alone(self, record: DecisionRecord | OutcomeRecord) -> bool | BaseException | None:
+        """One record of a rejected batch on its own, so only the bad one fails."""
+        try:
+            if isinstance(record, DecisionRecord):
+                self._storage.store([record], ())
+                return None
+            return self._storage.store((), [record])[0]
+        except StorageError as error:
+            return error
 
 
 class OutcomeWriter(GroupCommitter[OutcomeRecord, bool]):

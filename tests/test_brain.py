@@ -17,7 +17,7 @@ import pytest
 
 from envs.game import load_game
 from envs.observation import BossState, PlayerContext, Situation
-from serving.brain import SCRIPTED_EXPLORATION, BundleBrain, ScriptedBrain
+from serving.brain import SCRIPTED_EXPLORATION, BundleBrain, ScriptedBrain, brain_for
 from serving.bundle import (
     MANIFEST_FILE,
     archive_bundle,
@@ -229,6 +229,46 @@ def test_a_move_that_keeps_working_is_chosen_more(bundle_path: Path) -> None:
     for _ in range(8):
         learner.learn(Lesson(DODGER, rare, 1.0, "session-2"))
     assert move_counts(learner, DODGER, 400)[rare] > before[rare] + 20
+
+
+def test_deciding_together_is_deciding_one_by_one(bundle_path: Path) -> None:
+    bundle = load_bundle(bundle_path)
+    situations = random_situations(40, seed=11)
+    alone, together = brain_for(bundle, seed=5), brain_for(bundle, seed=5)
+    for brain in (alone, together):  # memories to blend in, the same for both
+        for i, situation in enumerate(situations[:20]):
+            brain.learn(Lesson(situation, brain.boss_actions[i % 3], (i % 5) / 4, "s1"))
+    one_by_one = [alone.decide_keyed(situation) for situation in situations]
+    batched = together.decide_many(situations[:15]) + together.decide_many(situations[15:])
+    for (decision, key), (expected, expected_key) in zip(batched, one_by_one, strict=True):
+        assert decision.move == expected.move and decision.retrieved == expected.retrieved
+        assert decision.confidence == pytest.approx(expected.confidence)
+        np.testing.assert_allclose(key, expected_key, rtol=1e-6)
+    np.testing.assert_allclose(together.key_of(situations[3]), one_by_one[3][1], rtol=1e-6)
+
+
+def test_learning_by_keys_is_learning_lessons(scripted_path: Path) -> None:
+    bundle = load_bundle(scripted_path)
+    by_lessons, by_keys = brain_for(bundle, seed=1), brain_for(bundle, seed=1)
+    situations = random_situations(12, seed=2)
+    lessons = [Lesson(s, ("attack", "defend", "special_move")[i % 3], (i % 4) / 3, f"s{i % 2}")
+               for i, s in enumerate(situations)]
+    sizes = [by_lessons.learn(lesson) for lesson in lessons]
+    keys = [by_keys.decide_keyed(s)[1] for s in situations]
+    size = by_keys.learn_keyed(keys, [lesson.move for lesson in lessons],
+                               [lesson.value for lesson in lessons],
+                               [lesson.session_id for lesson in lessons])
+    assert size == sizes[-1] == 12
+    probe = random_situations(30, seed=3)
+    assert ([d.move for d, _ in brain_for(bundle, seed=9).decide_many(probe)]
+            != [d.move for d, _ in by_keys.decide_many(probe)]), "the lessons changed nothing"
+    first, second = by_lessons.reader.memory.records(), by_keys.reader.memory.records()
+    np.testing.assert_allclose(first.keys, second.keys, rtol=1e-6)
+    assert list(first.moves) == list(second.moves)
+    np.testing.assert_allclose(first.values, second.values)
+    with pytest.raises(ValueError, match="unknown move"):
+        by_keys.learn_keyed(keys[:2], ["attack", "fireball"], [0.5, 0.5], ["s", "s"])
+    assert by_keys.memory_size() == 12, "a bad lesson stores none of its batch"
 
 
 def test_lessons_must_name_a_move_and_an_effectiveness(scripted_path: Path) -> None:

@@ -4,11 +4,12 @@ rate limit, the latency window, the message codec."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 
 from envs.backend import ScalarOps
-from envs.observation import PlayerContext, Situation
+from envs.observation import BossState, PlayerContext, Situation
 from serving.limits import ALLOW, FLOOD, LIMITED, ConnectionLimit, FloodGuard
 from serving.metrics import LatencyWindow
 from serving.protocol import (
@@ -18,6 +19,7 @@ from serving.protocol import (
     situation_from_json,
     situation_json,
 )
+from serving.service import ActionIds
 from serving.sessions import HabitCounter
 
 MOVES = ("attack", "defend", "special_move")
@@ -82,6 +84,22 @@ def test_situations_round_trip_through_json() -> None:
                           environment="cave", distance=5.0, difficulty="hard")
     stored = json.loads(json.dumps({**situation_json(situation), "habit_counts": [[1.0]]}))
     assert situation_from_json(stored) == situation
+
+
+def test_situation_json_is_what_asdict_gives() -> None:
+    situation = Situation(PlayerContext(attack_patterns=("combo",), recent_deaths=3),
+                          difficulty="easy",
+                          boss=BossState(stamina=0.5, cooldowns=(0.0, 0.2, 0.0),
+                                         last_action="attack", habits=(0.1, 0.2, 0.3)))
+    assert situation_json(situation) == asdict(situation)
+    assert json.dumps(situation_json(situation)) == json.dumps(asdict(situation))
+
+
+def test_action_ids_are_unique_within_and_across_runs() -> None:
+    first, second = ActionIds(), ActionIds()
+    issued = [first.next() for _ in range(1000)] + [second.next() for _ in range(1000)]
+    assert len(set(issued)) == 2000
+    assert all(len(action_id) == 32 and int(action_id, 16) >= 0 for action_id in issued)
 
 
 def test_codec_echoes_request_ids_and_bounds_them() -> None:

@@ -39,7 +39,7 @@ from serving.storage import (
     UnknownAction,
     normalise_url,
 )
-from serving.writer import DecisionWriter, OutcomeWriter
+from serving.writer import DecisionWriter, OutcomeWriter, StorageWriter
 
 REPO = Path(__file__).resolve().parents[1]
 POSTGRES_CANDIDATES = (
@@ -292,6 +292,18 @@ def test_sqlite_is_durable_by_configuration(tmp_path: Path) -> None:
         opened.close()
 
 
+def test_decisions_and_outcomes_commit_together(storage: Storage) -> None:
+    _with_game(storage, "a1")
+    results = storage.store([_decision("a2"), _decision("a3")],
+                            [_outcome("a1"), _outcome("a2"), _outcome("a1"), _outcome("nope")])
+    assert results[:3] == [True, True, False] and isinstance(results[3], UnknownAction)
+    assert [d.action_id for d, _ in storage.lessons("game-a")] == ["a1", "a2"]
+    with pytest.raises(RecordRejected):  # a rejected decision: neither kind is stored
+        storage.store([_decision("a1"), _decision("a4")], [_outcome("a3")])
+    assert storage.get_decision("game-a", "a4") is None
+    assert storage.stats("game-a").outcomes == 2
+
+
 def test_concurrent_resends_store_one_outcome(storage: Storage) -> None:
     ids = [f"a{i}" for i in range(40)]
     _with_game(storage, *ids)
@@ -400,6 +412,21 @@ def test_outcome_writer_reports_each_outcome(storage: Storage) -> None:
     assert isinstance(futures[2].exception(), UnknownAction)
 
 
+def test_storage_writer_commits_both_kinds_and_isolates_a_bad_record(storage: Storage) -> None:
+    _with_game(storage, "taken")
+    writer = StorageWriter(storage, min_interval=0.05)
+    unstorable = dataclasses.replace(_decision("odd"), situation={"when": object()})
+    records: list[DecisionRecord | OutcomeRecord] = [
+        _decision("d1"), _outcome("taken"), unstorable, _outcome("taken"), _outcome("nope"),
+        _decision("d2")]
+    futures = [writer.submit(record) for record in records]
+    writer.close()
+    assert [futures[i].result() for i in (0, 1, 3, 5)] == [None, True, False, None]
+    assert isinstance(futures[2].exception(), RecordRejected)
+    assert isinstance(futures[4].exception(), UnknownAction)
+    assert storage.stats("game-a").decisions == 3 and storage.stats("game-a").outcomes == 1
+
+
 def test_a_cancelled_submission_is_not_stored(storage: Storage) -> None:
     _with_game(storage, "a1", "a2")
     writer = OutcomeWriter(storage, min_interval=0.2)
@@ -435,7 +462,12 @@ def _crash_child(url: str, mode: str) -> None:
             storage.add_outcome(_outcome(action_id, CRASH_GAME))
             print(action_id, flush=True)
         return
-    decisions, outcomes = DecisionWriter(storage), OutcomeWriter(storage)
+    decisions: DecisionWriter | StorageWriter
+    outcomes: OutcomeWriter | StorageWriter
+    if mode == "combined":
+        decisions = outcomes = StorageWriter(storage)
+    else:
+        decisions, outcomes = DecisionWriter(storage), OutcomeWriter(storage)
     for start in range(0, 1_000_000, 20):
         ids = [f"c{i}" for i in range(start, start + 20)]
         for stored in [decisions.submit(_decision(a, CRASH_GAME)) for a in ids]:
@@ -446,7 +478,7 @@ def _crash_child(url: str, mode: str) -> None:
             print(action_id, flush=True)
 
 
-@pytest.mark.parametrize("mode", ["direct", "writer"])
+@pytest.mark.parametrize("mode", ["direct", "writer", "combined"])
 def test_acknowledged_outcomes_survive_kill_9(database_url: str, mode: str) -> None:
     child = subprocess.Popen(
         [sys.executable, "-m", "tests.test_storage", database_url, mode],
