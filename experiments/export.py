@@ -480,7 +480,7 @@ def _identity(manifest: Manifest) -> str:
 def _trained_against(config: TrainConfig, source: RunSource) -> str:
     params: dict[str, object] = dict(source.params)
     if not params:
-        params = {"agent.algo": config.agent.algo, "player.name": config.player.get("name"),
+        params = {"agent.algo": config.agent.algo, "player.name": _player_name(config),
                   "objective.name": config.objective.name,
                   "difficulty.level": config.difficulty.level,
                   "budget.total_timesteps": config.budget.total_timesteps,
@@ -518,8 +518,16 @@ def _exploits(source: RunSource, calibration: pd.DataFrame) -> str:
     return "\n\n".join(parts)
 
 
+def _player_name(config: TrainConfig) -> str:
+    """The run's player: its name when the config holds a persona or population, else the
+    path or name it was given as."""
+    if isinstance(config.player, Mapping):
+        return str(config.player.get("name", "the run's player"))
+    return str(config.player)
+
+
 def _calibration(calibration: pd.DataFrame, config: TrainConfig) -> str:
-    player = config.player.get("name", "the run's player")
+    player = _player_name(config)
     shown = pd.DataFrame({
         "difficulty": calibration["difficulty"],
         "target": [f"{t:.2f} ± {w:.2f}" for t, w in zip(

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from serving.bundle import Bundle, load_bundle
 from serving.metrics import Metrics
 from serving.protocol import PROTOCOL_VERSION, ProtocolError
-from serving.routers import actions, demo, games, system, ws
+from serving.routers import actions, admin, demo, games, system, ws
 from serving.service import Service, Unavailable, UnknownGame
 from serving.settings import Settings
 from serving.storage import Storage, StorageUnavailable, UnknownAction
@@ -57,7 +57,7 @@ def create_app(settings: Settings, bundles: Sequence[Bundle] | None = None) -> F
                   lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
-    for module in (games, actions, ws, system, demo):
+    for module in (games, actions, ws, system, demo, admin):
         app.include_router(module.router)
     add_error_handlers(app)
     return app

@@ -413,13 +413,14 @@ class Service:
         session = await self.session(game, session_id)
         async with session.lock:
             situation = to_situation(request, session.habits.boss_state())
+            brain = game.brain  # the one that decides, even if a reload swaps it meanwhile
             decision, key, decide_s = await _decide(game, situation)
             decided = perf_counter()
             action_id = self.action_ids.next()
             stored_situation = {**situation_json(situation),
                                 "habit_counts": session.habits.snapshot()}
             record = DecisionRecord(action_id, game_id, session.session_id, stored_situation,
-                                    decision.move, game.brain.policy_version, time.time())
+                                    decision.move, brain.policy_version, time.time())
             await self._commit_decision(record)
             session.habits.played(decision.move)
             session.decisions += 1
@@ -432,7 +433,7 @@ class Service:
                             "parameters": dict(decision.parameters)},
             "confidence": round(float(decision.confidence), 6),
             "retrieved": int(decision.retrieved),
-            "policy_version": game.brain.policy_version,
+            "policy_version": brain.policy_version,
             "latency_ms": round(latency_ms, 3),
         }
 
