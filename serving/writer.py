@@ -7,21 +7,19 @@ thread takes whatever is pending, stores it in one transaction, then resolves ev
 the batch. Under light load a record is committed at once; under heavy load commits happen
 at most every ``min_interval`` seconds and carry everything that arrived meanwhile.
 
-- :class:`DecisionWriter`: the future resolves to None once the decision is committed, so
-  the ``boss_action_response`` can be sent (its action_id is then known across crashes).
-- :class:`OutcomeWriter`: the future resolves to True (stored) or False (duplicate) once
-  committed, so the ``learning_update`` can be sent; it raises :class:`UnknownAction` for an
-  action_id the game was never given.
-- :class:`StorageWriter` (what the server uses): both kinds through one thread, each batch's
-  decisions and outcomes in one transaction (``Storage.store``): half the commits of two
-  writers, and a decision is never durable later than an outcome that refers to it.
+:class:`StorageWriter` takes decisions and outcomes through one thread, each batch's
+decisions and outcomes in one transaction (``Storage.store``), so a decision is never durable
+later than an outcome that refers to it. A decision's future resolves to None once it is
+committed, so the ``boss_action_response`` can be sent (its action_id is then known across
+crashes); an outcome's to True (stored) or False (duplicate), so the ``learning_update`` can be
+sent, or raises :class:`UnknownAction` for an action_id the game was never given.
 
-Either raises :class:`StorageUnavailable` for a batch the database refused: nothing of it
+It raises :class:`StorageUnavailable` for a batch the database refused: nothing of it
 was stored. A future cancelled before its batch starts is dropped, not stored.
 
 Example::
 
-    writer = DecisionWriter(storage)
+    writer = StorageWriter(storage)
     await asyncio.wrap_future(writer.submit(record))  # committed: safe to answer the game
     writer.close()  # flushes what is pending
 """
@@ -156,45 +154,9 @@ class GroupCommitter(Generic[Item, Result]):
                 future.set_result(result)
 
 
-class DecisionWriter(GroupCommitter[DecisionRecord, None]):
-    """Group commit of decisions into ``storage`` (see the module docstring)."""
-
-    def __init__(
-        self,
-        storage: Storage,
-        *,
-        max_batch: int = MAX_BATCH,
-        min_interval: float = MIN_INTERVAL,
-    ) -> None:
-        self._storage = storage
-        super().__init__(
-            self._store,
-            "bosslab-decision-writer",
-            max_batch=max_batch,
-            min_interval=min_interval,
-        )
-
-    def _store(self, batch: list[DecisionRecord]) -> list[BaseException | None]:
-        try:
-            self._storage.add_decisions(batch)
-        except RecordRejected:
-            if len(batch) == 1:
-                raise
-            return [self._store_alone(record) for record in batch]
-        return [None] * len(batch)
-
-    def _store_alone(self, record: DecisionRecord) -> BaseException | None:
-        """One record of a rejected batch on its own, so only the bad one fails."""
-        try:
-            self._storage.add_decisions([record])
-        except StorageError as error:
-            return error
-        return None
-
-
 class StorageWriter(GroupCommitter[DecisionRecord | OutcomeRecord, bool | None]):
     """Group commit of decisions and outcomes together (see the module docstring): a
-    decision's future resolves to None, an outcome's as :class:`OutcomeWriter`'s."""
+    decision's future resolves to None, an outcome's to True (stored) or False (duplicate)."""
 
     def __init__(
         self,
@@ -233,21 +195,3 @@ class StorageWriter(GroupCommitter[DecisionRecord | OutcomeRecord, bool | None])
             return self._storage.store((), [record])[0]
         except StorageError as error:
             return error
-
-
-class OutcomeWriter(GroupCommitter[OutcomeRecord, bool]):
-    """Group commit of outcomes into ``storage`` (see the module docstring)."""
-
-    def __init__(
-        self,
-        storage: Storage,
-        *,
-        max_batch: int = MAX_BATCH,
-        min_interval: float = MIN_INTERVAL,
-    ) -> None:
-        super().__init__(
-            storage.add_outcomes,
-            "bosslab-outcome-writer",
-            max_batch=max_batch,
-            min_interval=min_interval,
-        )

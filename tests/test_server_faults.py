@@ -14,7 +14,7 @@ import pytest
 from serving.bundle import load_bundle, write_scripted_bundle
 from serving.settings import Settings
 from serving.storage import StorageUnavailable
-from serving.writer import DecisionWriter, OutcomeWriter
+from serving.writer import StorageWriter
 from tests.server_helpers import (
     SECRET,
     ThreadServer,
@@ -36,7 +36,7 @@ class DownStorage:
         raise StorageUnavailable("storage unavailable (injected: the database is down); "
                                  "nothing was stored: send again")
 
-    add_decisions = add_outcomes = ping = add_session = get_decision = _down
+    store = add_decisions = add_outcomes = ping = add_session = get_decision = _down
 
     def close(self) -> None:
         pass
@@ -77,8 +77,7 @@ def test_storage_down_answers_unavailable_and_stores_nothing(server: ThreadServe
         real = (service.storage, service.decision_writer, service.outcome_writer)
         down = DownStorage()
         service.storage = down
-        service.decision_writer = DecisionWriter(down)  # type: ignore[arg-type]
-        service.outcome_writer = OutcomeWriter(down)  # type: ignore[arg-type]
+        service.decision_writer = service.outcome_writer = StorageWriter(down)  # type: ignore[arg-type]
         for kind, data in (("boss_action_request", move_request()),
                            ("action_outcome", outcome(move["action_id"]))):
             answer = await ask(ws, kind, data, "while-down")
@@ -89,7 +88,6 @@ def test_storage_down_answers_unavailable_and_stores_nothing(server: ThreadServe
         assert health.status_code == 503 and health.json()["status"] == "degraded"
         assert "injected" in health.json()["storage"]
         service.decision_writer.close()
-        service.outcome_writer.close()
         service.storage, service.decision_writer, service.outcome_writer = real
         update = await ask(ws, "action_outcome", outcome(move["action_id"]))
         assert update["data"]["duplicate"] is False  # the failed try stored nothing

@@ -39,7 +39,7 @@ from serving.storage import (
     UnknownAction,
     normalise_url,
 )
-from serving.writer import DecisionWriter, OutcomeWriter, StorageWriter
+from serving.writer import StorageWriter
 
 REPO = Path(__file__).resolve().parents[1]
 POSTGRES_CANDIDATES = (
@@ -369,7 +369,7 @@ def test_password_is_hidden_in_repr() -> None:
 
 def test_decision_writer_commits_in_batches(storage: Storage) -> None:
     storage.add_game(_game())
-    writer = DecisionWriter(storage, min_interval=0.002)
+    writer = StorageWriter(storage, min_interval=0.002)
     with ThreadPoolExecutor(max_workers=8) as pool:
         futures = list(pool.map(lambda i: writer.submit(_decision(f"w{i}")), range(400)))
     for future in futures:
@@ -384,7 +384,7 @@ def test_decision_writer_commits_in_batches(storage: Storage) -> None:
 
 def test_decision_writer_close_flushes_pending(storage: Storage) -> None:
     storage.add_game(_game())
-    writer = DecisionWriter(storage, min_interval=0.05)
+    writer = StorageWriter(storage, min_interval=0.05)
     futures = [writer.submit(_decision(f"w{i}")) for i in range(50)]
     writer.close()
     assert all(future.done() and future.exception() is None for future in futures)
@@ -393,7 +393,7 @@ def test_decision_writer_close_flushes_pending(storage: Storage) -> None:
 
 def test_a_bad_decision_fails_alone(storage: Storage) -> None:
     _with_game(storage, "taken")
-    writer = DecisionWriter(storage, min_interval=0.05)
+    writer = StorageWriter(storage, min_interval=0.05)
     unstorable = dataclasses.replace(_decision("odd"), situation={"when": object()})
     records = [_decision("ok1"), _decision("taken"), unstorable, _decision("ok2")]
     futures = [writer.submit(record) for record in records]
@@ -406,7 +406,7 @@ def test_a_bad_decision_fails_alone(storage: Storage) -> None:
 
 def test_outcome_writer_reports_each_outcome(storage: Storage) -> None:
     _with_game(storage, "a1", "a2")
-    with OutcomeWriter(storage, min_interval=0.05) as writer:
+    with StorageWriter(storage, min_interval=0.05) as writer:
         futures = [writer.submit(_outcome(a)) for a in ("a1", "a1", "nope", "a2")]
     assert [futures[i].result() for i in (0, 1, 3)] == [True, False, True]
     assert isinstance(futures[2].exception(), UnknownAction)
@@ -429,7 +429,7 @@ def test_storage_writer_commits_both_kinds_and_isolates_a_bad_record(storage: St
 
 def test_a_cancelled_submission_is_not_stored(storage: Storage) -> None:
     _with_game(storage, "a1", "a2")
-    writer = OutcomeWriter(storage, min_interval=0.2)
+    writer = StorageWriter(storage, min_interval=0.2)
     writer.submit(_outcome("a1")).result(timeout=5)  # the next batch waits min_interval
     cancelled = writer.submit(_outcome("a2"))
     assert cancelled.cancel()
@@ -439,7 +439,7 @@ def test_a_cancelled_submission_is_not_stored(storage: Storage) -> None:
 
 def test_writer_failures_reach_every_waiting_caller() -> None:
     down = Storage("postgresql://postgres@127.0.0.1:1/none")
-    with DecisionWriter(down) as writer:
+    with StorageWriter(down) as writer:
         futures = [writer.submit(_decision(f"d{i}")) for i in range(5)]
         for future in futures:
             assert isinstance(future.exception(timeout=10), StorageUnavailable)
@@ -462,12 +462,12 @@ def _crash_child(url: str, mode: str) -> None:
             storage.add_outcome(_outcome(action_id, CRASH_GAME))
             print(action_id, flush=True)
         return
-    decisions: DecisionWriter | StorageWriter
-    outcomes: OutcomeWriter | StorageWriter
+    decisions: StorageWriter
+    outcomes: StorageWriter
     if mode == "combined":
         decisions = outcomes = StorageWriter(storage)
     else:
-        decisions, outcomes = DecisionWriter(storage), OutcomeWriter(storage)
+        decisions, outcomes = StorageWriter(storage), StorageWriter(storage)
     for start in range(0, 1_000_000, 20):
         ids = [f"c{i}" for i in range(start, start + 20)]
         for stored in [decisions.submit(_decision(a, CRASH_GAME)) for a in ids]:
@@ -545,13 +545,13 @@ def test_group_commit_at_1000_records_per_second(storage: Storage, kind: str) ->
     count = int(rate * seconds)
     ids = [f"b{i}" for i in range(count)]
     storage.add_game(_game())
-    writer: DecisionWriter | OutcomeWriter
+    writer: StorageWriter
     make: Callable[[int], Any]
     if kind == "outcomes":
         storage.add_decisions([_decision(action_id) for action_id in ids])
-        writer, make = OutcomeWriter(storage), (lambda i: _outcome(ids[i]))
+        writer, make = StorageWriter(storage), (lambda i: _outcome(ids[i]))
     else:
-        writer, make = DecisionWriter(storage), (lambda i: _decision(ids[i]))
+        writer, make = StorageWriter(storage), (lambda i: _decision(ids[i]))
     started = time.perf_counter()
     latencies = _paced_load(writer.submit, make, rate, seconds)
     elapsed = time.perf_counter() - started
