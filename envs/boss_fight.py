@@ -49,8 +49,11 @@ predictable it has been to this player: players who learn patterns (a persona's
 ``pattern_learning``) anticipate the moves a boss makes most often after a given move.
 
 ## Rewards
-- ``objective="defeat"``: per step, damage dealt to the player (fraction of its max HP) minus
-  half the damage taken (fraction of the boss's); +1 when the player dies, -1 when the boss does.
+- ``objective="defeat"``: +1 when the player dies, -1 when the boss does, shaped by the HP
+  margin ``boss HP - player HP`` (fractions) as a potential: each step adds the change of the
+  margin, which counts as 0 once the fight has ended. A fight's return is therefore its
+  outcome minus the starting margin (0): the damage race guides learning without changing what
+  is optimal (winning; Ng, Harada and Russell 1999).
 - ``objective="engagement"``: at the end of a fight only, ``0.5 * close + 0.5 * duration +
   steer``: ``close`` is 1 when |boss HP - player HP| (fractions) is within the level's
   ``target_hp_margin``, ``duration`` is 1 inside the level's ``target_duration``, and

@@ -335,6 +335,8 @@ def step(  # noqa: PLR0915
     s.stamina = minimum(s.stamina - stamina_cost + t.stamina_regen * duration,
                           t.max_stamina)
     s.heals_left = s.heals_left - heals
+    margin_before = (maximum(s.boss_hp, 0.0) / s.boss_max_hp
+                     - maximum(s.player_hp, 0.0) / rules.max_hp)
     s.boss_hp = s.boss_hp - dealt
     s.player_hp = minimum(s.player_hp - taken - countered + healed, rules.max_hp)
     boss_fraction = maximum(s.boss_hp, 0.0) / s.boss_max_hp
@@ -371,8 +373,10 @@ def step(  # noqa: PLR0915
     margin = boss_fraction - player_fraction
     ended = terminated | truncated
     if config.objective == "defeat":
-        reward = ((taken + countered) / rules.max_hp - 0.5 * dealt / s.boss_max_hp
-                  + 1.0 * player_down - 1.0 * boss_down)
+        # Winning, shaped by the HP margin as a potential that is 0 once the fight ends (Ng et
+        # al. 1999): the damage race guides learning but every fight's return is its outcome.
+        margin_after = where(ended, 0.0, margin)
+        reward = 1.0 * player_down - 1.0 * boss_down + margin_after - margin_before
     else:
         reward = o.when(ended, lambda *a: engagement_reward(o, t, *a), s.difficulty, s.fights,
                         s.history, s.time, boss_down, margin)

@@ -417,3 +417,26 @@ def test_a_player_switching_style_keeps_their_history_and_plays_the_new_persona(
             tags |= {(int(i) < 32, env.persona_names[int(info["final_info"]["persona"][i])])
                      for i in ended}
     assert tags == {(True, "dodger"), (False, "turtle")}
+
+
+def test_a_defeat_fights_return_is_its_outcome() -> None:
+    """The HP margin shapes the defeat reward as a potential that ends at 0: summed over a
+    fight, the rewards are +1 (the player died), -1 (the boss did) or 0 (time ran out)."""
+    env = BossFightVectorEnv(64, game="duel", player="population", objective="defeat")
+    env.reset(seed=3)
+    rng = np.random.default_rng(3)
+    returns = np.zeros(64)
+    finished: list[tuple[float, float]] = []
+    while len(finished) < 200:
+        masks = env.action_masks()
+        moves = np.where(masks, rng.random(masks.shape), -1.0).argmax(axis=1)  # legal only
+        _, rewards, terminated, truncated, info = env.step(moves)
+        returns += rewards
+        for row in np.flatnonzero(terminated | truncated):
+            won = bool(np.asarray(info["final_info"]["player_won"])[row])
+            outcome = 0.0 if not terminated[row] else -1.0 if won else 1.0
+            finished.append((returns[row], outcome))
+            returns[row] = 0.0
+    got, expected = np.array(finished).T
+    np.testing.assert_allclose(got, expected, atol=1e-9)
+    assert {-1.0, 1.0} <= set(expected)  # both outcomes were played
