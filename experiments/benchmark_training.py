@@ -146,7 +146,7 @@ def lab_defaults() -> dict[str, int]:
     assert isinstance(agent, PPOConfig)
     return {"n_envs": train.num_envs(config), "n_steps": agent.n_steps,
             "batch_size": agent.batch_size, "n_epochs": agent.n_epochs,
-            "torch_threads": config.torch_threads}
+            "torch_threads": train.torch_threads(config.torch_threads)}
 
 
 def parse_args() -> argparse.Namespace:

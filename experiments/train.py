@@ -36,6 +36,7 @@ DQN resumes without its replay buffer, and the envs restart with fresh players.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -145,8 +146,9 @@ class TrainConfig:
     """Fights stepped side by side while training; null: the agent's own (agent.num_envs)."""
     fights_per_player: int = 10
     """Fights in one synthetic player's series while training."""
-    torch_threads: int = 1
-    """Torch CPU threads."""
+    torch_threads: int | None = None
+    """Torch CPU threads; null: every core in a single run, 1 per job in a --multirun sweep
+    (its jobs run side by side). Runs are reproducible for a given thread count."""
     experiment: str = "bosslab-train"
     """MLflow experiment name."""
     run_name: str | None = None
@@ -216,7 +218,8 @@ def validate(config: TrainConfig, game: GameDefinition) -> None:
     counts = {envs_key: num_envs(config), "checkpoint_every": config.checkpoint_every,
               "log_every": config.log_every, "metrics_window": config.metrics_window,
               "fights_per_player": config.fights_per_player,
-              "torch_threads": config.torch_threads, "eval.fights": config.eval.fights,
+              "torch_threads": torch_threads(config.torch_threads),
+              "eval.fights": config.eval.fights,
               "eval.series": config.eval.series}
     for key, value in counts.items():
         if value < 1:
@@ -281,10 +284,17 @@ def _plain(cfg: DictConfig) -> dict[str, Any]:
 # --- building --------------------------------------------------------------------------
 
 
-def configure_torch(threads: int) -> None:
+def configure_torch(threads: int | None) -> None:
     """Deterministic CPU torch with a fixed thread count (same seed, same run)."""
-    torch.set_num_threads(threads)
+    torch.set_num_threads(torch_threads(threads))
     torch.use_deterministic_algorithms(True)
+
+
+def torch_threads(configured: int | None) -> int:
+    """``torch_threads`` as set, or by default every core, but 1 in a sweep's job."""
+    if configured is not None:
+        return configured
+    return 1 if sweep.job_run_name() is not None else os.cpu_count() or 1
 
 
 def env_kwargs(config: TrainConfig, game: GameDefinition) -> dict[str, Any]:
