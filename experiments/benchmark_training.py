@@ -5,10 +5,11 @@
 
 Both sides train the same PPO, by default the lab's own (``configs/agent/ppo.yaml`` with
 ``configs/train.yaml``: 1,024 envs x 16 steps, 4,096-sample minibatches, 4 epochs, SB3's
-default 64x64 networks, 1 torch thread, the same seed); the flags override any of it. One side
-runs on ``agents.vec_env.BossFightVecEnv`` (one numpy kernel call steps every fight), the other
-on ``DummyVecEnv([lambda: gymnasium.make("bosslab/BossFight-v0")] * n_envs)`` (one Python
-``step`` per fight). Each side first learns one PPO iteration as a warm-up (torch's first-call
+default 64x64 networks, torch on every core as ``experiments.train`` runs it, the same seed);
+the flags override any of it. One side runs on ``agents.vec_env.BossFightVecEnv`` (one numpy
+kernel call steps every fight), the other on
+``DummyVecEnv([lambda: gymnasium.make("bosslab/BossFight-v0")] * n_envs)`` (one Python ``step``
+per fight). Each side first learns one PPO iteration as a warm-up (torch's first-call
 costs, buffer allocation), then ``model.learn(total_timesteps=...)`` is timed for
 ``--iterations`` PPO iterations; the sides alternate for ``--rounds`` rounds and the table
 reports each side's best round (other processes on a shared machine only slow runs down),
