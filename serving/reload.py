@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,9 +42,9 @@ from typing import Any, Protocol, runtime_checkable
 from weakref import WeakKeyDictionary
 
 from serving.bundle import Bundle, load_bundle
-from serving.decisions import BossBrain, Lesson
-from serving.protocol import GameTerms, game_terms, server_time, situation_from_json
-from serving.service import GameRuntime, RecentDecisions, Service
+from serving.decisions import BossBrain
+from serving.protocol import GameTerms, server_time, situation_from_json
+from serving.service import GameRuntime, RecentDecisions, Service, new_game_brain, teach
 from serving.storage import Storage
 
 log = logging.getLogger("serving.reload")
@@ -166,12 +165,7 @@ def build_brains(storage: Storage, bundle: Bundle,
 
 def _brain_for(storage: Storage, bundle: Bundle,
                game: GameRuntime) -> tuple[BossBrain, GameTerms, int]:
-    manifest = bundle.manifest
-    vocabulary = {**manifest.vocabulary,
-                  **{k: v for k, v in game.record.vocabulary.items() if v is not None}}
-    terms = game_terms(vocabulary, manifest.observation["names"],
-                       manifest.vocabulary["battle_phases"])
-    brain = bundle.new_brain(seed=zlib.crc32(game.game_id.encode()))
+    brain, terms = new_game_brain(game.record, bundle)
     replayed = 0
     for _ in range(1 + CATCH_UP_ROUNDS):
         added = replay_lessons(storage, game.game_id, brain, skip=replayed)
@@ -187,11 +181,7 @@ def replay_lessons(storage: Storage, game_id: str, brain: BossBrain, skip: int =
     read = 0
     for decision, outcome in itertools.islice(storage.lessons(game_id), skip, None):
         read += 1
-        try:
-            brain.learn(Lesson(situation_from_json(decision.situation), decision.move,
-                               outcome.effectiveness_score, decision.session_id))
-        except ValueError as error:
-            log.warning("lesson %s of game %s skipped: %s", decision.action_id, game_id, error)
+        teach(brain, game_id, decision, outcome, situation_from_json(decision.situation))
     return read
 
 

@@ -286,12 +286,7 @@ class Service:
         replayed = 0
         for decision, outcome in self.storage.lessons(game.game_id):
             situation = situation_from_json(decision.situation)
-            try:
-                game.brain.learn(Lesson(situation, decision.move, outcome.effectiveness_score,
-                                        decision.session_id))
-            except ValueError as error:
-                log.warning("lesson %s of game %s skipped: %s", decision.action_id,
-                            game.game_id, error)
+            if not teach(game.brain, game.game_id, decision, outcome, situation):
                 continue
             game.sessions.restore(decision.session_id, StoredLesson(
                 situation.player, decision.move, outcome.outcome, outcome.effectiveness_score,
@@ -337,12 +332,7 @@ class Service:
                           "--bundle PATH of a bundle exported for your game.")
 
     def _runtime(self, record: GameRecord, bundle: Bundle) -> GameRuntime:
-        manifest = bundle.manifest
-        vocabulary = {**manifest.vocabulary,
-                      **{k: v for k, v in record.vocabulary.items() if v is not None}}
-        terms = game_terms(vocabulary, manifest.observation["names"],
-                           manifest.vocabulary["battle_phases"])
-        brain = bundle.new_brain(seed=_seed(record.game_id))
+        brain, terms = new_game_brain(record, bundle)
         return GameRuntime(record, bundle, brain, terms, Sessions(brain.boss_actions))
 
     def game(self, game_id: str) -> GameRuntime:
@@ -560,6 +550,30 @@ class Service:
             "open_sockets": self.connection_limit.open,
             "draining": self.draining,
         }
+
+
+def new_game_brain(record: GameRecord, bundle: Bundle) -> tuple[BossBrain, GameTerms]:
+    """A fresh brain of ``bundle`` for a registered game (seeded by its id), and the game's
+    terms (the bundle's vocabulary with the game's own names over it)."""
+    manifest = bundle.manifest
+    vocabulary = {**manifest.vocabulary,
+                  **{k: v for k, v in record.vocabulary.items() if v is not None}}
+    terms = game_terms(vocabulary, manifest.observation["names"],
+                       manifest.vocabulary["battle_phases"])
+    return bundle.new_brain(seed=_seed(record.game_id)), terms
+
+
+def teach(brain: BossBrain, game_id: str, decision: DecisionRecord, outcome: OutcomeRecord,
+          situation: Situation) -> bool:
+    """Teach ``brain`` one stored lesson (a decision and its outcome); a lesson the brain
+    refuses is logged and skipped (False)."""
+    try:
+        brain.learn(Lesson(situation, decision.move, outcome.effectiveness_score,
+                           decision.session_id))
+    except ValueError as error:
+        log.warning("lesson %s of game %s skipped: %s", decision.action_id, game_id, error)
+        return False
+    return True
 
 
 async def _decide(game: GameRuntime,
