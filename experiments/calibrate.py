@@ -86,6 +86,9 @@ class CalibrateConfig:
     """Sessions with fewer decisions are dropped (and said so)."""
     max_clusters: int = 6
     """The most clusters BIC may choose."""
+    min_cluster_sessions: int = 5
+    """Sessions every cluster must hold for its number of clusters to be chosen: a smaller
+    cluster cannot support a fit and its bootstrap over sessions."""
     candidates: int = 400
     """Candidate personas simulated per fitting round."""
     sessions_per_candidate: int = 4
@@ -144,6 +147,7 @@ def validate(config: CalibrateConfig) -> None:
     """Fail before loading anything: counts and shares in range."""
     counts = {"min_sessions": (config.min_sessions, 2), "min_decisions": (config.min_decisions, 1),
               "max_clusters": (config.max_clusters, 1), "candidates": (config.candidates, 20),
+              "min_cluster_sessions": (config.min_cluster_sessions, 1),
               "sessions_per_candidate": (config.sessions_per_candidate, 2),
               "rounds": (config.rounds, 1), "bootstrap": (config.bootstrap, 2),
               "fidelity_sessions": (config.fidelity_sessions, 2)}
@@ -193,7 +197,8 @@ def calibrate(checked: Checked, game: GameDefinition, boss: BossPolicy, explorat
     """Cluster the sessions and fit each cluster; returns per cluster (name, real sums, fit,
     the fitted persona's simulated sums)."""
     real = SessionSums.of(checked.table, game.move_names)
-    clustering = choose_clusters(real, config.max_clusters, config.seed)
+    clustering = choose_clusters(real, config.max_clusters, config.seed,
+                                 config.min_cluster_sessions)
     simulate = Simulator(game, boss, exploration, checked.table, config.seed)
     personas = available_personas()
     settings = FitSettings(candidates=config.candidates,

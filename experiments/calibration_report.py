@@ -2,7 +2,9 @@
 
 - :func:`choose_clusters`: sessions clustered by a Gaussian mixture (diagonal covariances) over
   standardized session statistics reduced by PCA; the number of clusters is the one with the
-  lowest BIC among 1..``max_clusters`` (the table is the explanation).
+  lowest BIC among 1..``max_clusters`` whose every cluster holds at least
+  ``min_cluster_sessions`` sessions (a smaller cluster cannot support a fit and its bootstrap;
+  the table, with an ``eligible`` column, is the explanation).
 - :func:`persona_yaml`: a ``configs/player/``-compatible persona file, each parameter's
   uncertainty (or "not identified") as a comment.
 - :func:`fidelity_table`: real against simulated statistics, side by side, context statistics
@@ -46,8 +48,10 @@ class Clustering:
     """Principal components the mixture was fitted on."""
 
 
-def choose_clusters(sums: SessionSums, max_clusters: int, seed: int) -> Clustering:
-    """Cluster the sessions; the number of clusters minimizes BIC (see the module doc)."""
+def choose_clusters(sums: SessionSums, max_clusters: int, seed: int,
+                    min_cluster_sessions: int = 1) -> Clustering:
+    """Cluster the sessions; the number of clusters minimizes BIC among the mixtures whose
+    clusters all hold ``min_cluster_sessions`` sessions (see the module doc)."""
     z = _standardized(sums.per_session())
     pca = PCA(n_components=min(6, *z.shape), random_state=seed).fit(z)
     keep = int(np.searchsorted(np.cumsum(pca.explained_variance_ratio_), VARIANCE_KEPT) + 1)
@@ -56,11 +60,14 @@ def choose_clusters(sums: SessionSums, max_clusters: int, seed: int) -> Clusteri
     for k in range(1, min(max_clusters, len(x) - 1) + 1):
         model = GaussianMixture(k, covariance_type="diag", n_init=3, reg_covar=VARIANCE_FLOOR,
                                 random_state=seed).fit(x)
+        smallest = int(np.bincount(model.predict(x), minlength=k).min())
         rows.append({"clusters": k, "bic": float(model.bic(x)),
-                     "log_likelihood": float(model.score(x) * len(x))})
+                     "log_likelihood": float(model.score(x) * len(x)),
+                     "smallest_cluster": smallest,
+                     "eligible": k == 1 or smallest >= min_cluster_sessions})
         models.append(model)
     bic = pd.DataFrame(rows)
-    best = int(np.argmin(bic["bic"].to_numpy()))
+    best = int(np.argmin(np.where(bic["eligible"], bic["bic"].to_numpy(), np.inf)))
     bic["chosen"] = bic.index == best
     labels = _ordered(np.asarray(models[best].predict(x)))
     return Clustering(labels, bic, x.shape[1])
