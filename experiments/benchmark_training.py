@@ -1,11 +1,12 @@
 """PPO training speed: the batched ``BossFightVecEnv`` against SB3's ``DummyVecEnv``, side by side.
 
     python -m experiments.benchmark_training [--n-envs N] [--n-steps N] [--batch-size N]
-        [--n-epochs N] [--torch-threads N] [--rounds 5] [--iterations 2] [--game duel]
+        [--n-epochs N] [--net-arch 64 64] [--activation-fn relu] [--torch-threads N]
+        [--rounds 5] [--iterations 2] [--game duel]
 
 Both sides train the same PPO, by default the lab's own (``configs/agent/ppo.yaml`` with
-``configs/train.yaml``: 1,024 envs x 16 steps, 4,096-sample minibatches, 4 epochs, SB3's
-default 64x64 networks, torch on every core as ``experiments.train`` runs it, the same seed);
+``configs/train.yaml``: 1,024 envs x 16 steps, 4,096-sample minibatches, 3 epochs, 64x64
+ReLU networks, torch on every core as ``experiments.train`` runs it, the same seed);
 the flags override any of it. One side runs on ``agents.vec_env.BossFightVecEnv`` (one numpy
 kernel call steps every fight), the other on
 ``DummyVecEnv([lambda: gymnasium.make("bosslab/BossFight-v0")] * n_envs)`` (one Python ``step``
@@ -29,9 +30,12 @@ Why the lab's PPO recipe looks the way it does (``configs/agent/ppo.yaml``):
   last ~20-100 decisions, so GAE bootstraps from the value at the cut.
 - Large minibatches, few epochs: the updates cost the same on both sides and, with SB3's
   default 64-sample minibatches and 10 epochs, ~300 µs per env-step (~3,000 env-steps/s on
-  either side, whatever the env). Four epochs of 4,096-sample minibatches (16 gradient steps
-  per iteration) cost ~4 µs per env-step; the trained boss meets the quality bar with them
+  either side, whatever the env). Three epochs of 4,096-sample minibatches (12 gradient steps
+  per iteration) cost ~8 µs per env-step; the trained boss meets the quality bar with them
   (``experiments.benchmark_quality``).
+- ReLU, not SB3's default tanh: torch's CPU tanh runs ~20x slower than ReLU here (about 0.9 ms
+  for a 4,096 x 64 activation on one core, scalar code), a quarter of the update's time with
+  tanh's four activations per gradient step.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
 
 import envs
 from agents.config import PPOConfig
+from agents.factory import ACTIVATION_FUNCTIONS
 from agents.vec_env import BossFightVecEnv
 from experiments import train
 from experiments.compose import compose_config
@@ -98,8 +103,10 @@ def dummy_env(n_envs: int, game: str) -> VecEnv:
 
 def warmed_up_model(env: VecEnv, args: argparse.Namespace) -> TimedPPO:
     """The PPO under test, after one iteration of ``learn`` that the timings exclude."""
+    network = {"net_arch": list(args.net_arch),
+               "activation_fn": ACTIVATION_FUNCTIONS[args.activation_fn]}
     model = TimedPPO("MlpPolicy", env, n_steps=args.n_steps, batch_size=args.batch_size,
-                     n_epochs=args.n_epochs, seed=0, verbose=0)
+                     n_epochs=args.n_epochs, policy_kwargs=network, seed=0, verbose=0)
     model.learn(total_timesteps=args.n_envs * args.n_steps)
     return model
 
@@ -140,13 +147,15 @@ def paired_rounds(rounds: int, ours: Callable[[], Rate],
                                        / best_reference.steps_per_second)
 
 
-def lab_defaults() -> dict[str, int]:
+def lab_defaults() -> dict[str, Any]:
     """The lab's default PPO settings: ``python -m experiments.train``'s, composed by Hydra."""
     config = train.typed_config(compose_config("train"))
     agent = config.agent
     assert isinstance(agent, PPOConfig)
     return {"n_envs": train.num_envs(config), "n_steps": agent.n_steps,
             "batch_size": agent.batch_size, "n_epochs": agent.n_epochs,
+            "net_arch": list(agent.policy_kwargs.net_arch),
+            "activation_fn": agent.policy_kwargs.activation_fn,
             "torch_threads": train.torch_threads(config.torch_threads)}
 
 
@@ -156,6 +165,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--n-steps", type=int, help="PPO rollout steps per env")
     parser.add_argument("--batch-size", type=int, help="PPO minibatch size")
     parser.add_argument("--n-epochs", type=int, help="PPO epochs")
+    parser.add_argument("--net-arch", type=int, nargs="+", help="hidden layer sizes")
+    parser.add_argument("--activation-fn", choices=sorted(ACTIVATION_FUNCTIONS))
     parser.add_argument("--torch-threads", type=int, help="torch CPU threads")
     parser.set_defaults(**lab_defaults())
     parser.add_argument("--rounds", type=int, default=5, help="paired rounds (best of)")
@@ -177,7 +188,8 @@ def print_table(args: argparse.Namespace, training: tuple[Rate, Rate, float],
     print(f"# PPO training speed ({platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}, game={args.game}, "
           f"n_envs={args.n_envs}, n_steps={args.n_steps}, batch_size={args.batch_size}, "
-          f"n_epochs={args.n_epochs}; best of {args.rounds} paired rounds; load average "
+          f"n_epochs={args.n_epochs}, net_arch={args.net_arch}, "
+          f"activation_fn={args.activation_fn}; best of {args.rounds} paired rounds; load average "
           f"{load[0]:.2f} before, {load[1]:.2f} after)\n")
     print("| VecEnv | PPO env-steps/s | rollout µs/step | update µs/step "
           "| env-only steps/s (random actions) |")
