@@ -301,8 +301,8 @@ def test_promote_registers_the_best_run_and_the_alias_resolves(runs: list[str],
     version = client.get_model_version_by_alias("boss-duel", "champion")
     assert (version.run_id, str(version.version)) == (runs[1], best.version)
 
-    worst = promote.promote(EXPERIMENT, "score", mode="min")
-    assert worst.run_id == runs[0]
+    worst = promote.promote(EXPERIMENT, "test/rank", mode="min")  # smoke scores are arbitrary
+    assert (worst.run_id, worst.value) == (runs[0], 0.2)
     assert client.get_model_version_by_alias("boss-duel", "champion").run_id == runs[0]
     # The champion is a boss spec.
     result = evaluate.run(compose_config("evaluate", ['boss="models:/boss-duel@champion"',
