@@ -14,9 +14,13 @@ memory_only   MFEC: the memory alone decides (the agent trained only fills the m
 ============  ============================================================================
 
 In every mode but ``none`` the memory is written while training (episode ends, with the
-returns of ``returns``/``gamma``) and while the boss plays afterwards (online adaptation, no
-gradient steps). ``k``, ``lam`` (EVA's lambda), ``capacity``, ``index`` and ``embedder`` are the
-knobs; see :class:`rag.memory.MemoryConfig` and :class:`rag.embedders.EmbedderConfig`.
+values of ``returns``/``gamma``/``n``) and while the boss plays afterwards (online adaptation, no
+gradient steps). ``returns=effect`` stores each move's effect on the HP margin instead of a
+return; the blend and memory-only bosses then steer it by the player's recent win rate
+(:class:`agents.retrieval.Steering`: effective moves when the player wins more than the level's
+target, gentle ones when less). ``k``, ``lam`` (EVA's lambda), ``capacity``, ``index`` and
+``embedder`` are the knobs; see :class:`rag.memory.MemoryConfig` and
+:class:`rag.embedders.EmbedderConfig`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from agents.retrieval import (
     MemoryOnlyBoss,
     RetrievalConfig,
     RetrievalPolicyBoss,
+    Steering,
     ValueBlendedBoss,
     dqn_q_values,
 )
@@ -60,9 +65,10 @@ class RagConfig:
     gamma: float = 0.99
     """Discount of the stored returns."""
     returns: str = "monte_carlo"
-    """Stored returns: monte_carlo (to the fight's end) or n_step."""
+    """Stored values: monte_carlo (the return to the fight's end), n_step (of the next n
+    rewards) or effect (the next n exchanges' changes of the HP margin, steered when read)."""
     n: int = 10
-    """n_step: rewards per return."""
+    """n_step and effect: rewards (margin changes) per value."""
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     """How memory keys are made from the player context (numeric by default: no network)."""
 
@@ -100,15 +106,20 @@ def new_memory(rag: RagConfig, layout: ObservationLayout) -> tuple[EpisodicMemor
 
 def memory_boss(rag: RagConfig, model: BaseAlgorithm, memory: EpisodicMemory,
                 embedder: Embedder, layout: ObservationLayout, *, name: str,
-                seed: int) -> BossPolicy:
-    """The boss of ``rag.mode`` (not none): it reads ``memory`` and keeps writing it."""
+                seed: int, steering: Steering | None = None) -> BossPolicy:
+    """The boss of ``rag.mode`` (not none): it reads ``memory`` and keeps writing it.
+
+    ``steering`` (``Steering.for_game(game)``) gives the blend and memory-only bosses the
+    game's win-rate bands when ``rag.returns=effect``; None: 0.5 ± 0.1 at every level.
+    """
     common: dict[str, Any] = {"config": rag.retrieval(), "name": name, "layout": layout,
                               "persona_names": ()}  # play_fights passes persona names
     if rag.mode == "episodic":
         return RetrievalPolicyBoss(model, memory, embedder, seed=seed, **common)
     if rag.mode == "blend":
-        return ValueBlendedBoss(dqn_q_values(model), memory, embedder, **common)
+        return ValueBlendedBoss(dqn_q_values(model), memory, embedder, steering=steering,
+                                **common)
     if rag.mode == "memory_only":
-        return MemoryOnlyBoss(memory, embedder, seed=seed, **common)
+        return MemoryOnlyBoss(memory, embedder, seed=seed, steering=steering, **common)
     raise ValueError(f"rag.mode={rag.mode!r} has no memory boss: use one of "
                      f"{', '.join(RAG_MODES[1:])}.")

@@ -22,6 +22,13 @@ so the lab and the server cannot compute them differently.
   where ``lam_eff`` rises from ``lam`` toward 1 as the memory has fewer or farther neighbours.
   :class:`MemoryOnlyBoss` (Model-Free Episodic Control, Blundell et al. 2016) plays the memory
   value alone.
+- *Steering*. With ``returns="effect"`` the memory holds effects, not returns: these two
+  bosses turn them into values with :class:`Steering`, ``direction * effect`` where
+  ``direction = clip((player win rate - target) / tolerance, -1, 1)``
+  (``rag.retrieval.steering_direction``): effective moves when the player has been winning
+  more than the level's target, gentle ones when less. The player's recent win rate is read
+  off the observation (``1 - recent_deaths``, the share of the last 5 fights they did not
+  die in), the target and tolerance from its difficulty level.
 
 Appended features, ``3 * moves`` float32 after the raw observation, per move in the game's
 order:
@@ -45,7 +52,12 @@ Python loop over envs). When an env's episode ends it stores every decision of i
 
 - ``value``: the discounted return that followed (:func:`discounted_returns`): Monte-Carlo to
   the episode's end, or ``n_step``, the discounted sum of the next ``n`` rewards. Without a
-  critic an n-step return cannot bootstrap, so it is a truncated sum.
+  critic an n-step return cannot bootstrap, so it is a truncated sum. Or ``effect``: the
+  move's *effectiveness*, the discounted sum of the next ``n`` exchanges' changes of the HP
+  margin (:func:`hp_margins`: boss HP fraction minus player HP fraction, read off the
+  observations; the fight's last exchange ends at the info's ``hp_margin``), > 0 when the
+  boss gained. The engagement reward is paid at a fight's end only, so its returns give every
+  move of a fight about the same value; effects tell the moves of one fight apart.
 - ``outcome``: in :mod:`rag.memory`'s convention, :data:`OUTCOME_BOSS_WON` (1.0),
   :data:`OUTCOME_PLAYER_WON` (0.0) or :data:`OUTCOME_TIMEOUT` (0.5), from the env's info
   (``TimeLimit.truncated`` or the ``truncated`` flags first, then ``player_won``).
@@ -98,6 +110,7 @@ from agents.policy import SB3BossPolicy
 from agents.vec_env import StepReturn
 from envs.boss_fight import BossFightVectorEnv
 from envs.bosses import masked_argmax
+from envs.game import GameDefinition
 from envs.observation import ObservationLayout
 from envs.replay import Explanation, Neighbour
 from rag.embedders import Embedder
@@ -105,15 +118,18 @@ from rag.memory import EpisodicMemory, Records
 from rag.retrieval import (
     DEFAULT_DELTA,
     DEFAULT_DISTANCE_SCALE,
+    DEFAULT_STEER_LIMIT,
     MoveNeighbours,
     RetrievalFeatures,
     blend_values,
     blend_weights,
     kernel_weights,
     retrieval_features,
+    steered_values,
+    steering_direction,
 )
 
-ReturnKind = Literal["monte_carlo", "n_step"]
+ReturnKind = Literal["monte_carlo", "n_step", "effect"]
 RETURN_KINDS: tuple[str, ...] = get_args(ReturnKind)
 FEATURES_PER_MOVE = 3
 """Appended per move: value, count / k, squashed distance."""
@@ -121,6 +137,10 @@ OUTCOME_BOSS_WON = 1.0
 OUTCOME_PLAYER_WON = 0.0
 OUTCOME_TIMEOUT = 0.5
 """Outcomes as :mod:`rag.memory` stores them (1 boss won, 0 player won, 0.5 timeout)."""
+DEFAULT_TARGET = 0.5
+DEFAULT_TOLERANCE = 0.1
+"""The win-rate band :class:`Steering` uses for an observation that names no level it knows
+(the game schema's defaults)."""
 UNKNOWN_PERSONA = "unknown"
 """Persona tag of an ended episode whose info carries no persona."""
 
@@ -146,9 +166,12 @@ class RetrievalConfig:
     gamma: float = 0.99
     """Discount of the stored returns; match the learned Q-values' gamma when blending."""
     returns: ReturnKind = "monte_carlo"
-    """``monte_carlo`` (to the episode's end) or ``n_step`` (the next ``n`` rewards only)."""
+    """``monte_carlo`` (to the episode's end), ``n_step`` (the next ``n`` rewards only) or
+    ``effect`` (the next ``n`` exchanges' changes of the HP margin: each move's effectiveness,
+    which :class:`ValueBlendedBoss` and :class:`MemoryOnlyBoss` steer with :class:`Steering`)."""
     n: int = 10
-    """n_step: rewards summed per return (the decision's own included)."""
+    """n_step and effect: rewards (margin changes) summed per value, the decision's own
+    included."""
     value_clip: float = 10.0
     """The value feature is clipped to [-value_clip, value_clip], the observation bounds."""
 
@@ -173,8 +196,14 @@ class RetrievalConfig:
 
     @property
     def horizon(self) -> int | None:
-        """Rewards per return: ``n`` for n-step returns, None (to the end) for Monte-Carlo."""
-        return self.n if self.returns == "n_step" else None
+        """Rewards per value: ``n`` for n-step returns and effects, None (to the end) for
+        Monte-Carlo."""
+        return None if self.returns == "monte_carlo" else self.n
+
+    @property
+    def steered(self) -> bool:
+        """The memory holds effects, which a boss turns into values with :class:`Steering`."""
+        return self.returns == "effect"
 
 
 def _check_positive_int(name: str, value: object, what: str) -> None:
@@ -377,6 +406,8 @@ class EpisodeEnds(NamedTuple):
     """float32 outcomes (OUTCOME_BOSS_WON, OUTCOME_PLAYER_WON, OUTCOME_TIMEOUT)."""
     personas: np.ndarray
     """str persona tags."""
+    margins: np.ndarray
+    """float64 HP margins at the end (the info's ``hp_margin``); NaN where the info has none."""
 
 
 def episode_ends(dones: np.ndarray, infos: Sequence[Mapping[str, Any]] | Mapping[str, Any],
@@ -391,18 +422,28 @@ def episode_ends(dones: np.ndarray, infos: Sequence[Mapping[str, Any]] | Mapping
     envs = np.flatnonzero(np.asarray(dones, dtype=bool))
     if isinstance(infos, Mapping):
         player_won, persona, timed_out = _vector_ends(envs, infos, truncated)
+        margins = _vector_margins(envs, infos)
     else:
         rows = [infos[i] for i in envs.tolist()]
         player_won = np.array([bool(info.get("player_won", False)) for info in rows], dtype=bool)
         persona = [info.get("persona") for info in rows]
         timed_out = np.array([bool(info.get("TimeLimit.truncated", False)) for info in rows],
                              dtype=bool)
+        margins = np.array([float(info.get("hp_margin", np.nan)) for info in rows],
+                           dtype=np.float64)
         if truncated is not None:
             timed_out |= np.asarray(truncated, dtype=bool)[envs]
     outcomes = np.where(timed_out, OUTCOME_TIMEOUT,
                         np.where(player_won, OUTCOME_PLAYER_WON, OUTCOME_BOSS_WON))
     tags = np.array([_persona_tag(p, persona_names) for p in persona], dtype=str)
-    return EpisodeEnds(envs.astype(np.int64), outcomes.astype(np.float32), tags)
+    return EpisodeEnds(envs.astype(np.int64), outcomes.astype(np.float32), tags, margins)
+
+
+def _vector_margins(envs: np.ndarray, info: Mapping[str, Any]) -> np.ndarray:
+    final = info.get("final_info", {})
+    if not len(envs) or "hp_margin" not in final:
+        return np.full(len(envs), np.nan)
+    return np.asarray(final["hp_margin"], dtype=np.float64)[envs]
 
 
 def _vector_ends(envs: np.ndarray, info: Mapping[str, Any],
@@ -434,6 +475,27 @@ def _persona_tag(persona: Any, names: Sequence[str]) -> str:
     return str(names[index])
 
 
+def hp_margins(observations: np.ndarray, layout: ObservationLayout) -> np.ndarray:
+    """Boss HP fraction minus player HP fraction (``boss_health - health_percentage``) of raw
+    or augmented observations, (n,) float64: > 0 when the boss is ahead."""
+    rows = raw_observations(observations, layout.size)
+    at = {feature.name: feature.start for feature in layout.features}
+    return (rows[:, at["boss_health"]].astype(np.float64)
+            - rows[:, at["health_percentage"]].astype(np.float64))
+
+
+def margin_changes(margins: np.ndarray, final: np.ndarray) -> np.ndarray:
+    """Per step (axis 0 is time), the change of the HP margin the step's exchange made.
+
+    ``margins`` are (steps, envs) margins *before* each step's move, ``final`` the (envs,)
+    margins after the last step (every episode ends there): ``margins[t + 1] - margins[t]``,
+    and ``final - margins[-1]`` for the last step. float64.
+    """
+    before = np.asarray(margins, dtype=np.float64)
+    after = np.concatenate([before[1:], np.asarray(final, dtype=np.float64)[np.newaxis]])
+    return after - before
+
+
 class EpisodeMemoryWriter:
     """Buffers the running episode of every env and stores each episode when it ends.
 
@@ -452,6 +514,7 @@ class EpisodeMemoryWriter:
         self.memory = memory
         self.embedder = embedder
         self.size = layout.size
+        self.layout = layout
         self.persona_names = tuple(persona_names)
         self.config = config or RetrievalConfig()
         self.clock = clock
@@ -463,6 +526,7 @@ class EpisodeMemoryWriter:
         self._keys: list[np.ndarray] = []
         self._moves: list[np.ndarray] = []
         self._rewards: list[np.ndarray] = []
+        self._margins: list[np.ndarray] = []
         self._times: list[float] = []
         self._first = 0  # the step of _keys[0]
         self._step = 0  # the step the next record() is
@@ -486,6 +550,7 @@ class EpisodeMemoryWriter:
         self._keys.append(self.embedder.embed(raw))
         self._moves.append(step_moves)
         self._rewards.append(step_rewards)
+        self._margins.append(hp_margins(raw, self.layout))
         self._times.append(float(self.clock()))
         self._step += 1
         if not step_dones.any():
@@ -507,7 +572,7 @@ class EpisodeMemoryWriter:
         assert self._starts is not None
         starts = self._starts[ends.envs]
         window = slice(int(starts.min()) - self._first, None)
-        rewards = np.stack([r[ends.envs] for r in self._rewards[window]])  # (steps, ended)
+        rewards = self._step_values(ends, window)  # (steps, ended)
         steps = np.arange(int(starts.min()), self._step)
         valid = steps[:, None] >= starts[None, :]
         returns = discounted_returns(np.where(valid, rewards, 0.0), self.config.gamma,
@@ -522,13 +587,24 @@ class EpisodeMemoryWriter:
             values=returns[time_index, episode], outcomes=ends.outcomes[episode],
             personas=ends.personas[episode], times=times[time_index])
 
+    def _step_values(self, ends: EpisodeEnds, window: slice) -> np.ndarray:
+        """What is summed into the stored values, (steps, ended): the rewards, or with
+        ``returns="effect"`` the HP margin's changes (:func:`margin_changes`)."""
+        if not self.config.steered:
+            return np.stack([r[ends.envs] for r in self._rewards[window]])
+        if np.isnan(ends.margins).any():
+            raise ValueError("returns='effect' needs the HP margin at each fight's end: pass "
+                             "infos with hp_margin (the boss-fight envs report it).")
+        margins = np.stack([m[ends.envs] for m in self._margins[window]])
+        return margin_changes(margins, ends.margins)
+
     def _forget(self, ended: np.ndarray) -> None:
         """Start the ended envs' next episode and drop steps no running episode needs."""
         assert self._starts is not None
         self._starts[ended] = self._step
         drop = int(self._starts.min()) - self._first
         if drop > 0:
-            for buffer in (self._keys, self._moves, self._rewards, self._times):
+            for buffer in (self._keys, self._moves, self._rewards, self._margins, self._times):
                 del buffer[:drop]
             self._first += drop
 
@@ -612,17 +688,94 @@ def dqn_q_values(model: BaseAlgorithm) -> QValuesFn:
     return q_values
 
 
+@dataclass(frozen=True)
+class Steering:
+    """Turns remembered effects into values: :func:`rag.retrieval.steering_direction` read off
+    raw observations.
+
+    The player's recent win rate is ``1 - recent_deaths`` (the observation's share of the last
+    5 fights the player died in; a player with fewer than 5 fights counts the missing ones as
+    not lost, so a new player reads as winning and meets effective moves first); the target
+    and tolerance are those of the observation's difficulty level (``targets`` and
+    ``tolerances`` in the layout's level order), :data:`DEFAULT_TARGET` ±
+    :data:`DEFAULT_TOLERANCE` when it names none.
+    """
+
+    layout: ObservationLayout
+    targets: tuple[float, ...]
+    """Target player win rate per difficulty level, in ``layout.difficulty_levels`` order."""
+    tolerances: tuple[float, ...]
+    """Half-width of the band per level (> 0)."""
+    limit: float = DEFAULT_STEER_LIMIT
+    """The direction is clipped to [-limit, limit] (1: full strength at the band's edges)."""
+    dead_zone: float = 0.0
+    """In tolerances around the target, where the boss does not push (1: inside the band)."""
+
+    def __post_init__(self) -> None:
+        levels = len(self.layout.difficulty_levels)
+        if not len(self.targets) == len(self.tolerances) == levels:
+            raise ValueError(f"Steering needs a target and a tolerance per difficulty level "
+                             f"({levels}: {', '.join(self.layout.difficulty_levels)}), got "
+                             f"{len(self.targets)} and {len(self.tolerances)}: build it with "
+                             f"Steering.for_game(game).")
+        if min(self.tolerances, default=1.0) <= 0:
+            raise ValueError(f"Steering tolerances must be > 0, got {self.tolerances}.")
+
+    @classmethod
+    def for_game(cls, game: GameDefinition, limit: float = DEFAULT_STEER_LIMIT,
+                 dead_zone: float = 0.0) -> Steering:
+        """The game's own bands (``difficulty_levels``' target win rates and tolerances)."""
+        levels = game.difficulty_levels.values()
+        return cls(ObservationLayout.for_game(game),
+                   tuple(level.target_player_win_rate for level in levels),
+                   tuple(level.win_rate_tolerance for level in levels), limit, dead_zone)
+
+    @classmethod
+    def uniform(cls, layout: ObservationLayout, target: float = DEFAULT_TARGET,
+                tolerance: float = DEFAULT_TOLERANCE) -> Steering:
+        """One band for every level (when the game's bands are not at hand)."""
+        levels = len(layout.difficulty_levels)
+        return cls(layout, (target,) * levels, (tolerance,) * levels)
+
+    def player_win_rates(self, observations: np.ndarray) -> np.ndarray:
+        """``1 - recent_deaths`` per row, (n,) float64."""
+        rows = raw_observations(observations, self.layout.size)
+        return 1.0 - rows[:, self._start("recent_deaths")].astype(np.float64)
+
+    def bands(self, observations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, the target and tolerance of its difficulty level, each (n,) float64."""
+        rows = raw_observations(observations, self.layout.size)
+        start = self._start("difficulty")
+        one_hot = rows[:, start:start + len(self.targets)]
+        known = one_hot.max(axis=1) > 0.5
+        level = one_hot.argmax(axis=1)
+        targets = np.where(known, np.asarray(self.targets)[level], DEFAULT_TARGET)
+        tolerances = np.where(known, np.asarray(self.tolerances)[level], DEFAULT_TOLERANCE)
+        return targets, tolerances
+
+    def directions(self, observations: np.ndarray) -> np.ndarray:
+        """The steering direction per row, (n,) float64 in [-limit, limit]."""
+        targets, tolerances = self.bands(observations)
+        return steering_direction(self.player_win_rates(observations), targets, tolerances,
+                                  self.limit, self.dead_zone)
+
+    def _start(self, name: str) -> int:
+        return next(f.start for f in self.layout.features if f.name == name)
+
+
 class _MemoryBoss:
     """What the three bosses share: reading the memory, and writing it in ``observe``."""
 
     def __init__(self, memory: EpisodicMemory, embedder: Embedder,
                  config: RetrievalConfig | None, name: str, layout: ObservationLayout,
-                 persona_names: Sequence[str], clock: Clock) -> None:
+                 persona_names: Sequence[str], clock: Clock,
+                 steering: Steering | None = None) -> None:
         self.name = name
         self.memory = memory
         self.embedder = embedder
         self.config = config or RetrievalConfig()
         self.layout = layout
+        self.steering = steering or Steering.uniform(layout)
         self.writer = EpisodeMemoryWriter(memory, embedder, layout=layout,
                                           persona_names=persona_names, config=self.config,
                                           clock=clock)
@@ -659,10 +812,30 @@ class _MemoryBoss:
                       for move, j in zip(*np.nonzero(hits.ids[q] >= 0), strict=True))
                 for q in range(len(hits.ids))]
 
+    def memory_values(self, features: RetrievalFeatures, observations: np.ndarray) -> np.ndarray:
+        """What the memory says each move is worth, (n, moves): the neighbours' values, or
+        with ``returns="effect"`` their effects steered (:class:`Steering`)."""
+        if not self.config.steered:
+            return features.values
+        return steered_values(features.values, self.steering.directions(observations))
+
     def memory_parts(self, features: RetrievalFeatures, row: int) -> dict[str, tuple[float, ...]]:
         """The memory's per-move numbers for one query: value, neighbours found, distance."""
         return {"memory": _floats(features.values[row]), "found": _floats(features.counts[row]),
                 "distance": _floats(features.distances[row])}
+
+    def steering_parts(self, features: RetrievalFeatures, observations: np.ndarray,
+                       row: int) -> tuple[dict[str, tuple[float, ...]], dict[str, float]]:
+        """With effects: the steered memory values (``memory``), the remembered effects
+        (``effect``) and the scalar ``direction``; otherwise :meth:`memory_parts` alone."""
+        parts = self.memory_parts(features, row)
+        if not self.config.steered:
+            return parts, {}
+        raw = raw_observations(observations, self.layout.size)[row:row + 1]
+        direction = float(self.steering.directions(raw)[0])
+        steered = steered_values(features.values[row:row + 1], np.array([direction]))
+        return {**parts, "memory": _floats(steered[0]), "effect": parts["memory"]}, {
+            "direction": direction}
 
     def observe(self, observations: np.ndarray, moves: np.ndarray, rewards: np.ndarray,
                 dones: np.ndarray, infos: Sequence[Mapping[str, Any]] | Mapping[str, Any],
@@ -681,8 +854,8 @@ class ValueBlendedBoss(_MemoryBoss):
     def __init__(self, q_values_fn: QValuesFn, memory: EpisodicMemory, embedder: Embedder,
                  config: RetrievalConfig | None = None, name: str = "value_blended", *,
                  layout: ObservationLayout, persona_names: Sequence[str],
-                 clock: Clock = time.time) -> None:
-        super().__init__(memory, embedder, config, name, layout, persona_names, clock)
+                 clock: Clock = time.time, steering: Steering | None = None) -> None:
+        super().__init__(memory, embedder, config, name, layout, persona_names, clock, steering)
         self.q_values_fn = q_values_fn
 
     def move_values(self, observations: np.ndarray) -> np.ndarray:
@@ -690,8 +863,8 @@ class ValueBlendedBoss(_MemoryBoss):
         raw = raw_observations(observations, self.layout.size)
         features = self.features(raw)
         q_learned = np.asarray(self.q_values_fn(raw))
-        return blend_values(q_learned, features.values, features.counts, features.distances,
-                            lam=self.config.lam, k=self.config.k)
+        return blend_values(q_learned, self.memory_values(features, raw), features.counts,
+                            features.distances, lam=self.config.lam, k=self.config.k)
 
     def select_moves(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
         return masked_argmax(self.move_values(observations), action_masks)
@@ -702,21 +875,30 @@ class ValueBlendedBoss(_MemoryBoss):
         raw = raw_observations(observations, self.layout.size)
         hits, features = self.search(raw)
         learned = np.asarray(self.q_values_fn(raw))
-        blended = blend_values(learned, features.values, features.counts, features.distances,
-                               lam=self.config.lam, k=self.config.k)
+        blended = blend_values(learned, self.memory_values(features, raw), features.counts,
+                               features.distances, lam=self.config.lam, k=self.config.k)
         lam_eff = blend_weights(features.counts, features.distances, self.config.lam,
                                 self.config.k)
         found = self.neighbours(hits)
-        return [Explanation(
-            kind="blended Q-values (plays the highest legal)", values=_floats(blended[i]),
-            parts={"learned": _floats(learned[i]), "lambda": _floats(lam_eff[i]),
-                   **self.memory_parts(features, i)},
-            scalars={"lam": self.config.lam, "k": self.config.k}, neighbours=found[i])
-            for i in range(len(raw))]
+        explanations = []
+        for i in range(len(raw)):
+            parts, steer = self.steering_parts(features, raw, i)
+            explanations.append(Explanation(
+                kind="blended Q-values (plays the highest legal)", values=_floats(blended[i]),
+                parts={"learned": _floats(learned[i]), "lambda": _floats(lam_eff[i]), **parts},
+                scalars={"lam": self.config.lam, "k": self.config.k, **steer},
+                neighbours=found[i]))
+        return explanations
 
 
 class MemoryOnlyBoss(_MemoryBoss):
     """MFEC: the legal move with the highest kernel-weighted memory value.
+
+    With effects (``returns="effect"``) the values are steered (:class:`Steering`) and the
+    argmax has no use for their scale, so the direction's size is used as a probability: a
+    decision follows the memory with probability ``|direction|`` and is otherwise a legal move
+    drawn uniformly (with the default ``dead_zone`` 0 the direction is ±1 whenever the
+    player's recent win rate is off target, so every decision follows the memory).
 
     A move without neighbours (never stored yet) is worth ``unvisited_value``; None means the
     mean value of the moves that do have neighbours for the same observation (0 if none has),
@@ -728,30 +910,35 @@ class MemoryOnlyBoss(_MemoryBoss):
                  config: RetrievalConfig | None = None, name: str = "memory_only", *,
                  layout: ObservationLayout, persona_names: Sequence[str],
                  unvisited_value: float | None = None, seed: int = 0,
-                 clock: Clock = time.time) -> None:
-        super().__init__(memory, embedder, config, name, layout, persona_names, clock)
+                 clock: Clock = time.time, steering: Steering | None = None) -> None:
+        super().__init__(memory, embedder, config, name, layout, persona_names, clock, steering)
         self.unvisited_value = unvisited_value
         self.rng = np.random.default_rng(seed)
 
     def move_values(self, observations: np.ndarray) -> np.ndarray:
         """The memory's value of every move, (n, moves) float64, unmasked."""
-        return self._values(self.features(observations))
+        return self._values(self.features(observations), observations)
 
     def explain(self, observations: np.ndarray,
                 action_masks: np.ndarray) -> list[Explanation]:
         """Per row: the values played (unvisited moves filled in), the memory's, the neighbours."""
         hits, features = self.search(observations)
-        values = self._values(features)
+        values = self._values(features, observations)
         found = self.neighbours(hits)
         scalars: dict[str, float] = {"k": self.config.k}
         if self.unvisited_value is not None:
             scalars["unvisited value"] = self.unvisited_value
-        return [Explanation(kind="memory values (plays the highest legal, ties drawn)",
-                            values=_floats(values[i]), parts=self.memory_parts(features, i),
-                            scalars=scalars, neighbours=found[i]) for i in range(len(values))]
+        explanations = []
+        for i in range(len(values)):
+            parts, steer = self.steering_parts(features, observations, i)
+            explanations.append(Explanation(
+                kind="memory values (plays the highest legal, ties drawn)",
+                values=_floats(values[i]), parts=parts, scalars={**scalars, **steer},
+                neighbours=found[i]))
+        return explanations
 
-    def _values(self, features: RetrievalFeatures) -> np.ndarray:
-        values = features.values.astype(np.float64)
+    def _values(self, features: RetrievalFeatures, observations: np.ndarray) -> np.ndarray:
+        values = self.memory_values(features, observations).astype(np.float64)
         visited = features.counts > 0
         if self.unvisited_value is None:
             seen = visited.sum(axis=1, keepdims=True)
@@ -763,6 +950,9 @@ class MemoryOnlyBoss(_MemoryBoss):
 
     def select_moves(self, observations: np.ndarray, action_masks: np.ndarray) -> np.ndarray:
         values = self.move_values(observations)
+        if self.config.steered:  # press with probability |direction|, else a legal move at random
+            pressing = self.rng.random(len(values)) < np.abs(self.steering.directions(observations))
+            values = np.where(pressing[:, None], values, 0.0)
         masks = np.asarray(action_masks, dtype=bool)
         best = values[np.arange(len(values)), masked_argmax(values, masks)]
         tied = masks & (values == best[:, None])
@@ -849,6 +1039,7 @@ __all__ = [
     "RetrievalObservation",
     "RetrievalPolicyBoss",
     "RetrievalVecEnv",
+    "Steering",
     "ValueBlendedBoss",
     "augmented_space",
     "check_compatible",
@@ -857,6 +1048,8 @@ __all__ = [
     "episode_ends",
     "feature_bounds",
     "feature_rows",
+    "hp_margins",
+    "margin_changes",
     "neighbour_features",
     "raw_observations",
     "retrieve",

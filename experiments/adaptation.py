@@ -36,11 +36,18 @@ llm           the LLM boss (agents.llm_boss.llm_baseline)          -
 ============  ===================================================  =============
 
 A memory boss starts each series from the memory its training run saved (the ``memory``
-artifact, loaded afresh per series). ``llm`` needs a chat endpoint (``llm.*`` are
-:class:`agents.llm_boss.LLMConfig`'s fields, the key in its environment variable); without one
-its row is skipped and the note is printed and logged (tag ``llm_note``). It asks the model
-for each decision (~50 per fight, cached by rounded prompt): mind the cost of
-``players x fights_per_series`` fights.
+artifact, loaded afresh per series). What the memory trainings store per decision is
+``returns`` (``rag.returns``, default ``effect``: each move's effect on the HP margin over the
+next ``returns_n`` exchanges; the engagement reward is paid at a fight's end only, so its
+returns give every move of a fight the same value). The blend and memory-only bosses steer
+effects by the players' recent win rate against the level's band
+(:class:`agents.retrieval.Steering`, with the game's bands and ``dead_zone``): effective moves
+when a player has been winning too much, gentle ones when too little.
+
+``llm`` needs a chat endpoint (``llm.*`` are :class:`agents.llm_boss.LLMConfig`'s fields, the
+key in its environment variable); without one its row is skipped and the note is printed and
+logged (tag ``llm_note``). It asks the model for each decision (~50 per fight, cached by
+rounded prompt): mind the cost of ``players x fights_per_series`` fights.
 
 The metrics (:mod:`experiments.adaptation_metrics`, which defines them exactly) per seed and
 boss: ``adaptation_fights`` (fights until the ``window``-fight trailing mean of the players'
@@ -104,6 +111,7 @@ from agents.factory import load_agent
 from agents.llm_boss import LLMBoss, LLMConfig, llm_baseline, llm_status
 from agents.policy import SB3BossPolicy
 from agents.rag_setup import RagConfig, memory_boss
+from agents.retrieval import Steering
 from envs.bosses import BossPolicy
 from envs.fights import StyleSwitch, play_fights
 from envs.game import GameDefinition, load_game
@@ -208,6 +216,17 @@ class AdaptationConfig:
     """Env steps of each DQN training (dqn, dqn+blend, memory_only)."""
     capacity: int = 5_000
     """rag.capacity of the memory trainings: retrieval searches it for every env every step."""
+    returns: str = "effect"
+    """rag.returns of the memory trainings: what the memory stores per decision. ``effect``
+    (each move's effect on the HP margin, which the blend and memory-only bosses steer by the
+    player's recent win rate against the level's band), ``monte_carlo`` or ``n_step`` (returns
+    of the engagement reward)."""
+    returns_n: int = 3
+    """rag.n of the memory trainings: exchanges (rewards) summed per stored value (effect,
+    n_step)."""
+    dead_zone: float = 0.5
+    """With effects: in tolerances around the target, where the blend and memory-only bosses
+    do not push (agents.retrieval.Steering; 1: not inside the band)."""
     train_eval_fights: int = 12
     """eval.fights of each training's own evaluation (against the held-out persona only)."""
     train_overrides: list[str] = field(default_factory=list)
@@ -337,7 +356,8 @@ def validate(config: AdaptationConfig) -> None:
                          f"seeds=[0,1,2,3,4].")
     counts = {"players": (config.players, 1), "fights_per_series": (config.fights_per_series, 2),
               "ppo_steps": (config.ppo_steps, 1), "dqn_steps": (config.dqn_steps, 1),
-              "capacity": (config.capacity, 1), "train_eval_fights": (config.train_eval_fights, 1)}
+              "capacity": (config.capacity, 1), "returns_n": (config.returns_n, 1),
+              "train_eval_fights": (config.train_eval_fights, 1)}
     for key, (value, low) in counts.items():
         if value < low:
             raise ValueError(f"{key} must be >= {low}, got {value}: set {key}=<a larger number> "
@@ -346,6 +366,9 @@ def validate(config: AdaptationConfig) -> None:
         raise ValueError(f"window={config.window} must be between 1 and half the series "
                          f"(fights_per_series // 2 = {config.fights_per_series // 2}), so that "
                          f"both halves of the switch series hold a full window.")
+    if not (np.isfinite(config.dead_zone) and config.dead_zone >= 0):
+        raise ValueError(f"dead_zone={config.dead_zone} must be a finite number >= 0 (in "
+                         f"tolerances; 0 pushes whenever the win rate is off target).")
     check_choices("persona", [config.switch_to], available_personas(), "switch_to",
                   listed=False)
     if config.switch_to == config.held_out:
@@ -383,7 +406,8 @@ def training_overrides(config: AdaptationConfig, training: Training) -> list[str
                  f"agent={training.algo}", f"rag={training.rag}",
                  f"budget.total_timesteps={config.ppo_steps if ppo else config.dqn_steps}"]
     if training.rag != "none":
-        overrides.append(f"rag.capacity={config.capacity}")
+        overrides += [f"rag.capacity={config.capacity}", f"rag.returns={config.returns}",
+                      f"rag.n={config.returns_n}"]
     return [*overrides, *(config.ppo_overrides if ppo else config.dqn_overrides)]
 
 
@@ -541,9 +565,10 @@ def build_boss(variant: Variant, trained: Trained | None, plan: Plan, seed: int)
         return SB3BossPolicy(trained.model, variant.name, seed=seed)
     assert trained.memory_dir is not None, f"{variant.name} needs a training with a memory"
     rag = dataclasses.replace(trained.rag, mode=variant.memory)
+    steering = Steering.for_game(plan.game, dead_zone=plan.config.dead_zone)
     return memory_boss(rag, trained.model, EpisodicMemory.load(trained.memory_dir),
                        make_embedder(rag.embedder, trained.layout), trained.layout,
-                       name=variant.name, seed=seed)
+                       name=variant.name, seed=seed, steering=steering)
 
 
 def record_llm_calls(boss: LLMBoss, parent_run_id: str, name: str) -> None:

@@ -35,6 +35,18 @@ Blending (Ephemeral Value Adjustments, Hansen et al. 2018): :func:`blend_values`
 so a move with a full set of neighbours at distance 0 gets EVA's ``lam``, and a move with no
 neighbours, or only far ones, falls back to the learned value.
 
+Steering (:func:`steering_direction`, :func:`steered_values`). A memory may store each
+move's *effectiveness* (its effect on the HP margin, > 0 when it helped the boss) rather than a
+return. Whether an effective move is worth playing depends on the player: when their recent win
+rate is above the level's target the boss wants effective moves, below it gentle ones. So
+
+    direction = clip((player_win_rate - target) / tolerance, -limit, limit)
+    value     = direction * effect
+
+the same steering the engagement reward pays for at a fight's end (``envs.kernel``): a move's
+value is its effect when the player wins too much, minus its effect when they win too little,
+and about 0 on target (every move alike).
+
 Example::
 
     hits = memory.search(embeddings, k=8)                 # (n, moves, k)
@@ -48,9 +60,14 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 DEFAULT_DELTA = 1e-3
 DEFAULT_DISTANCE_SCALE = 1.0
+DEFAULT_STEER_LIMIT = 1.0
+BAND_SLACK = 1e-6
+"""In tolerances: a win rate on the dead zone's edge (e.g. 0.6 in 0.5 ± 0.1, read off float32
+observations) counts as inside."""
 
 
 class MoveNeighbours(NamedTuple):
@@ -165,3 +182,47 @@ def blend_weights(counts: np.ndarray, distances: np.ndarray, lam: float,
     fill = np.minimum(np.asarray(counts), k) / k
     closeness = fill * (1.0 - np.clip(np.asarray(distances, dtype=np.float64), 0.0, 1.0))
     return 1.0 - (1.0 - lam) * closeness
+
+
+def steering_direction(player_win_rate: ArrayLike, target: ArrayLike, tolerance: ArrayLike,
+                       limit: float = DEFAULT_STEER_LIMIT,
+                       dead_zone: float = 0.0) -> np.ndarray:
+    """How much the boss should press, per query: ``clip((win - target) / tolerance, ±limit)``.
+
+    Positive when the player's recent win rate is above the target (the boss wants effective
+    moves), negative below it (gentle moves), 0 on target; ``±1`` at the band's edges
+    (``target ± tolerance``), clipped at ``±limit`` beyond. ``dead_zone`` (in tolerances)
+    leaves the boss neutral near the target: ``x = (win - target) / tolerance`` becomes
+    ``sign(x) * max(|x| - dead_zone, 0)`` before clipping (1: no push inside the band, edges
+    included). Arrays broadcast; float64.
+    """
+    if not (np.isfinite(limit) and limit > 0):
+        raise ValueError(f"limit must be a finite number > 0 (got {limit}): 1 caps the "
+                         f"direction at the band's edges.")
+    if not (np.isfinite(dead_zone) and dead_zone >= 0):
+        raise ValueError(f"dead_zone must be a finite number >= 0 (got {dead_zone}): 0 pushes "
+                         f"whenever the win rate is off target, 1 only outside the band.")
+    spread = np.asarray(tolerance, dtype=np.float64)
+    if (spread <= 0).any():
+        raise ValueError(f"tolerance must be > 0 (got {spread}): the half-width of the "
+                         f"level's target win-rate band, e.g. 0.1.")
+    offset = np.asarray(player_win_rate, dtype=np.float64) - np.asarray(target, dtype=np.float64)
+    scaled = offset / spread
+    beyond = np.abs(scaled) - dead_zone
+    pushed = np.where(beyond > BAND_SLACK, np.sign(scaled) * beyond, 0.0)
+    return np.clip(np.where(dead_zone > 0, pushed, scaled), -limit, limit)
+
+
+def steered_values(effects: ArrayLike, direction: ArrayLike) -> np.ndarray:
+    """Memory values of moves from their remembered effects: ``direction * effect``.
+
+    ``effects`` is ``(n, moves)`` (e.g. :attr:`RetrievalFeatures.values` of a memory of
+    effects), ``direction`` ``(n,)`` from :func:`steering_direction`; returns ``(n, moves)``
+    of ``effects``' dtype.
+    """
+    values = np.asarray(effects)
+    weights = np.asarray(direction, dtype=np.float64).reshape(-1)
+    if values.ndim != 2 or len(weights) != len(values):
+        raise ValueError(f"effects must be (n, moves) and direction (n,), got shapes "
+                         f"{values.shape} and {np.shape(direction)}.")
+    return (values * weights[:, None]).astype(values.dtype)

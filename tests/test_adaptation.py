@@ -12,7 +12,12 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
+from stable_baselines3 import DQN
 
+from agents.rag_setup import new_memory
+from agents.retrieval import MemoryOnlyBoss, Steering, ValueBlendedBoss
+from agents.vec_env import BossFightVecEnv
+from envs.observation import ObservationLayout
 from experiments import adaptation, train
 from experiments.adaptation_metrics import (
     Band,
@@ -198,6 +203,32 @@ def test_trainings_leave_the_held_out_persona_out() -> None:
         assert (config.agent.algo, config.rag.mode) == (training.algo, training.rag)
         assert config.rag.capacity == (300 if config.rag.enabled else 20_000)
     assert plan.band == Band(0.5, 0.1)
+
+
+def test_memory_trainings_store_effects_that_the_bosses_steer_by_the_level_band(
+        tmp_path: Path) -> None:
+    plan = adaptation.prepare(compose(["seeds=[0]", "variants=[dqn,dqn+blend,memory_only]",
+                                       "returns_n=2", "difficulty=hard", "dead_zone=0.25"]))
+    typed = train.typed_config(plan.trainings["dqn+blend"])
+    assert (typed.rag.returns, typed.rag.n) == ("effect", 2)
+    as_returns = adaptation.prepare(compose(["seeds=[0]", "variants=[dqn+blend]",
+                                             "returns=monte_carlo"]))
+    assert train.typed_config(as_returns.trainings["dqn+blend"]).rag.returns == "monte_carlo"
+    with pytest.raises(ValueError, match="use one of monte_carlo, n_step, effect"):
+        adaptation.prepare(compose(["seeds=[0]", "variants=[dqn+blend]", "returns=td"]))
+    with pytest.raises(ValueError, match=r"dead_zone=-1\.0 must be a finite number >= 0"):
+        adaptation.prepare(compose(["seeds=[0]", "dead_zone=-1"]))
+    layout = ObservationLayout.for_game(plan.game)
+    memory, _ = new_memory(typed.rag, layout)
+    trained = adaptation.Trained("run", DQN("MlpPolicy", BossFightVecEnv(2, game="duel")),
+                                 memory.save(tmp_path / "memory"), typed.rag, layout)
+    for name in ("dqn+blend", "memory_only"):
+        boss = adaptation.build_boss(adaptation.VARIANTS[name], trained, plan, seed=0)
+        assert isinstance(boss, ValueBlendedBoss | MemoryOnlyBoss)
+        assert boss.config.steered
+        assert boss.steering == Steering.for_game(plan.game, dead_zone=0.25)
+        hard = plan.game.difficulty_levels["hard"]
+        assert boss.steering.targets[2] == hard.target_player_win_rate == 0.3
 
 
 # --- a tiny run into MLflow ---------------------------------------------------------------

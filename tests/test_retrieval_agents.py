@@ -39,9 +39,12 @@ from agents.retrieval import (
     RetrievalObservation,
     RetrievalPolicyBoss,
     RetrievalVecEnv,
+    Steering,
     ValueBlendedBoss,
     discounted_returns,
     dqn_q_values,
+    hp_margins,
+    margin_changes,
     retrieve,
     writer_for,
 )
@@ -52,6 +55,7 @@ from envs.game import GameDefinition, load_game
 from envs.observation import ObservationLayout
 from rag.embedders import NumericContextEmbedder
 from rag.memory import EpisodicMemory, MemoryConfig
+from rag.retrieval import steered_values, steering_direction
 
 # Any warning raised while a test runs is a failure.
 pytestmark = pytest.mark.filterwarnings("error")
@@ -124,6 +128,9 @@ def test_config_rejects_bad_values_and_names_the_fix(change: dict[str, Any],
 def test_config_horizon_is_n_only_for_n_step_returns() -> None:
     assert RetrievalConfig(returns="n_step", n=4).horizon == 4
     assert RetrievalConfig(returns="monte_carlo", n=4).horizon is None
+    assert RetrievalConfig(returns="effect", n=4).horizon == 4
+    assert RetrievalConfig(returns="effect").steered
+    assert not RetrievalConfig(returns="n_step").steered
 
 
 # --- retrieve ----------------------------------------------------------------------------------
@@ -381,6 +388,175 @@ def test_writer_needs_truncation_flags_with_gymnasium_vector_infos(
     assert memory.records().outcomes.tolist() == [OUTCOME_PLAYER_WON]
 
 
+# --- effects and steering ----------------------------------------------------------------------
+
+
+def column(layout: ObservationLayout, name: str) -> int:
+    return next(f.start for f in layout.features if f.name == name)
+
+
+def with_margins(rows: np.ndarray, layout: ObservationLayout, boss: list[float],
+                 player: list[float]) -> np.ndarray:
+    """``rows`` with their boss and player HP fractions set."""
+    out = rows.copy()
+    out[:, column(layout, "boss_health")] = boss
+    out[:, column(layout, "health_percentage")] = player
+    return out
+
+
+def test_hp_margins_and_their_changes(layout: ObservationLayout) -> None:
+    rows = with_margins(observations(3), layout, [1.0, 0.5, 0.25], [1.0, 0.75, 0.5])
+    np.testing.assert_allclose(hp_margins(rows, layout), [0.0, -0.25, -0.25])
+    margins = np.array([[0.0, 0.5], [0.25, 0.0], [-0.5, 0.5]])  # 3 steps of 2 envs
+    np.testing.assert_allclose(margin_changes(margins, np.array([1.0, 0.0])),
+                               [[0.25, -0.5], [-0.75, 0.5], [1.5, -0.5]])
+
+
+@pytest.mark.parametrize(("n", "values"), [
+    # margins before the moves 0, 0.2, -0.1 and 0.3 at the end: effects 0.2, -0.3, 0.4;
+    # n = 2 with gamma 0.5: 0.2 - 0.15, -0.3 + 0.2, 0.4.
+    (1, [0.2, -0.3, 0.4]),
+    (2, [0.05, -0.1, 0.4]),
+])
+def test_writer_stores_each_move_effect_on_the_hp_margin(
+        n: int, values: list[float], memory: EpisodicMemory, embedder: NumericContextEmbedder,
+        layout: ObservationLayout) -> None:
+    writer = EpisodeMemoryWriter(memory, embedder, layout=layout, persona_names=("dodger",),
+                                 config=RetrievalConfig(gamma=0.5, returns="effect", n=n))
+    rows = with_margins(observations(3), layout, [1.0, 1.0, 0.8], [1.0, 0.8, 0.9])
+    rewards = [5.0, 5.0, 5.0]  # the engagement reward plays no part in an effect
+    for t in range(3):
+        info = ({"player_won": False, "persona": 0, "hp_margin": 0.3} if t == 2 else {})
+        writer.record(rows[t:t + 1], np.array([t]), np.array([rewards[t]]), np.array([t == 2]),
+                      [info])
+    np.testing.assert_allclose(memory.records().values, values, atol=1e-6)
+
+
+def test_effects_add_up_to_each_fight_final_margin(memory: EpisodicMemory,
+                                                   embedder: NumericContextEmbedder,
+                                                   layout: ObservationLayout) -> None:
+    """Gymnasium vector infos: a fight starts level, so its effects sum to its final margin
+    (and so do those of all the fights that end at one step)."""
+    writer = EpisodeMemoryWriter(memory, embedder, layout=layout, persona_names=("dodger",),
+                                 config=RetrievalConfig(gamma=1.0, returns="effect", n=1))
+    env = BossFightVectorEnv(4, game=GAME, player="dodger")
+    obs, _ = env.reset(seed=0)
+    rng, ends = np.random.default_rng(0), list[tuple[np.ndarray, float]]()
+    while len(ends) < 6:
+        masks = env.action_masks()
+        moves = masked_argmax(rng.random(masks.shape), masks)
+        next_obs, rewards, terminated, truncated, info = env.step(moves)
+        dones = terminated | truncated
+        ids = writer.record(obs, moves, rewards, dones, info, truncated)
+        if dones.any():
+            ends.append((ids, float(info["final_info"]["hp_margin"][dones].sum())))
+        obs = next_obs
+    records = memory.records()
+    sums = [float(records.values[np.isin(records.ids, ids)].sum()) for ids, _ in ends]
+    np.testing.assert_allclose(sums, [margin for _, margin in ends], atol=1e-5)
+    assert len({round(margin, 3) for _, margin in ends}) > 1
+
+
+def test_writer_needs_the_final_margin_for_effects(memory: EpisodicMemory,
+                                                   embedder: NumericContextEmbedder,
+                                                   layout: ObservationLayout) -> None:
+    writer = EpisodeMemoryWriter(memory, embedder, layout=layout, persona_names=("dodger",),
+                                 config=RetrievalConfig(returns="effect"))
+    with pytest.raises(ValueError, match="needs the HP margin at each fight's end"):
+        writer.record(observations(1), np.zeros(1), np.zeros(1), np.ones(1, dtype=bool),
+                      [{"player_won": True}])
+
+
+def test_steering_direction_sign_scale_and_clipping() -> None:
+    wins = np.array([0.9, 0.6, 0.55, 0.5, 0.45, 0.4, 0.0])
+    np.testing.assert_allclose(steering_direction(wins, 0.5, 0.1),
+                               [1.0, 1.0, 0.5, 0.0, -0.5, -1.0, -1.0])
+    np.testing.assert_allclose(steering_direction(wins, 0.5, 0.1, limit=2.0),
+                               [2.0, 1.0, 0.5, 0.0, -0.5, -1.0, -2.0])
+    np.testing.assert_allclose(steering_direction([0.5, 0.5], [0.3, 0.75], [0.1, 0.05]),
+                               [1.0, -1.0])
+    # A dead zone of one tolerance: no push inside the band, edges included (float32 reads).
+    edges = np.float64(1.0) - np.array([0.4, 0.6], dtype=np.float32)
+    np.testing.assert_array_equal(steering_direction(edges, 0.5, 0.1, dead_zone=1.0), [0, 0])
+    np.testing.assert_allclose(steering_direction(wins, 0.5, 0.1, limit=2.0, dead_zone=1.0),
+                               [2.0, 0.0, 0.0, 0.0, 0.0, 0.0, -2.0])
+    np.testing.assert_allclose(steering_direction([0.65, 0.3], 0.5, 0.1, limit=2.0,
+                                                  dead_zone=1.0), [0.5, -1.0])
+    effects = np.array([[0.2, -0.1], [0.2, -0.1]], dtype=np.float32)
+    steered = steered_values(effects, np.array([1.0, -0.5]))
+    assert steered.dtype == np.float32
+    np.testing.assert_allclose(steered, [[0.2, -0.1], [-0.1, 0.05]])
+    with pytest.raises(ValueError, match="tolerance must be > 0"):
+        steering_direction(0.5, 0.5, 0.0)
+    with pytest.raises(ValueError, match="dead_zone must be a finite number >= 0"):
+        steering_direction(0.5, 0.5, 0.1, dead_zone=-1.0)
+    with pytest.raises(ValueError, match=r"effects must be \(n, moves\)"):
+        steered_values(effects, np.ones(3))
+
+
+def situations(layout: ObservationLayout, deaths: list[float], level: str) -> np.ndarray:
+    """Real observations with the player's recent deaths (share of 5) and the level set."""
+    rows = observations(len(deaths))
+    start = column(layout, "difficulty")
+    rows[:, start:start + len(layout.difficulty_levels)] = 0.0
+    rows[:, start + layout.difficulty_levels.index(level)] = 1.0
+    rows[:, column(layout, "recent_deaths")] = deaths
+    return rows
+
+
+def test_steering_reads_the_win_rate_and_the_level_band(game: GameDefinition,
+                                                        layout: ObservationLayout) -> None:
+    steering = Steering.for_game(game)
+    deaths = [0.0, 0.4, 0.6, 1.0]  # the player won 5, 3, 2 and 0 of their last 5 fights
+    normal = situations(layout, deaths, "normal")  # 0.5 +- 0.1
+    np.testing.assert_allclose(steering.player_win_rates(normal), [1.0, 0.6, 0.4, 0.0],
+                               atol=1e-6)
+    np.testing.assert_allclose(steering.directions(normal), [1.0, 1.0, -1.0, -1.0], atol=1e-5)
+    easy = situations(layout, deaths, "easy")  # 0.75 +- 0.1: winning 3 of 5 is too few
+    np.testing.assert_allclose(steering.directions(easy), [1.0, -1.0, -1.0, -1.0], atol=1e-5)
+    unknown = normal.copy()
+    unknown[:, column(layout, "difficulty"):][:, :len(layout.difficulty_levels)] = 0.0
+    np.testing.assert_allclose(Steering.uniform(layout, 0.75).directions(normal),
+                               steering.directions(easy), atol=1e-5)
+    np.testing.assert_allclose(steering.directions(unknown), steering.directions(normal),
+                               atol=1e-5)  # no level: 0.5 +- 0.1
+    calm = Steering.for_game(game, dead_zone=1.0)  # winning 3 of 5 is inside 0.5 +- 0.1
+    np.testing.assert_allclose(calm.directions(normal), [1.0, 0.0, 0.0, -1.0], atol=1e-5)
+    with pytest.raises(ValueError, match="a target and a tolerance per difficulty level"):
+        Steering(layout, (0.5,), (0.1,))
+
+
+@pytest.mark.parametrize("kind", ["memory_only", "blend"])
+def test_memory_bosses_steer_remembered_effects_by_the_player_win_rate(
+        kind: str, memory: EpisodicMemory, embedder: NumericContextEmbedder,
+        layout: ObservationLayout, game: GameDefinition) -> None:
+    obs = situations(layout, [0.0, 1.0], "normal")  # winning everything, losing everything
+    keys = embedder.embed(obs)
+    for move, effect in enumerate([0.3, -0.2, 0.05]):  # move 0 hurts the player, move 1 helps
+        add_at(memory, keys, move, effect, copies=2)
+    every = np.ones((2, 3), dtype=bool)
+
+    def boss(returns: str) -> Any:
+        config = RetrievalConfig(k=2, lam=0.0, returns=returns)  # type: ignore[arg-type]
+        common: dict[str, Any] = {"layout": layout, "persona_names": (),
+                                  "steering": Steering.for_game(game)}
+        if kind == "blend":
+            return ValueBlendedBoss(fixed_q(np.zeros((2, 3))), memory, embedder, config,
+                                    **common)
+        return MemoryOnlyBoss(memory, embedder, config, **common)
+
+    steered = boss("effect")
+    np.testing.assert_allclose(steered.move_values(obs), [[0.3, -0.2, 0.05],
+                                                          [-0.3, 0.2, -0.05]], atol=1e-4)
+    np.testing.assert_array_equal(steered.select_moves(obs, every), [0, 1])
+    explained = steered.explain(obs, every)
+    assert [e.scalars["direction"] for e in explained] == [1.0, -1.0]
+    np.testing.assert_allclose(explained[1].parts["effect"], [0.3, -0.2, 0.05], atol=1e-4)
+    np.testing.assert_allclose(explained[1].parts["memory"], [-0.3, 0.2, -0.05], atol=1e-4)
+    # The same memory read as returns: the highest value, whoever is winning.
+    np.testing.assert_array_equal(boss("monte_carlo").select_moves(obs, every), [0, 0])
+
+
 # --- the callback in real SB3 training ---------------------------------------------------------
 
 
@@ -623,3 +799,22 @@ def test_bosses_keep_writing_the_memory_while_they_fight(memory: EpisodicMemory,
     assert not np.allclose(boss.move_values(obs), dqn_q_values(dqn)(obs))
     for before, after in zip(weights, dqn.policy.parameters(), strict=True):
         assert torch.equal(before, after)
+
+
+def test_memory_only_boss_follows_steered_memories_with_probability_of_the_direction(
+        memory: EpisodicMemory, embedder: NumericContextEmbedder, layout: ObservationLayout,
+        game: GameDefinition) -> None:
+    obs = np.repeat(situations(layout, [0.4], "normal"), 600, axis=0)  # won 3 of 5: the edge
+    for move, effect in enumerate([0.3, -0.2, 0.05]):
+        add_at(memory, embedder.embed(obs[:1]), move, effect, copies=2)
+    every = np.ones((600, 3), dtype=bool)
+    config = RetrievalConfig(k=2, returns="effect")
+
+    def share_of_move_0(dead_zone: float) -> float:
+        boss = MemoryOnlyBoss(memory, embedder, config, layout=layout, persona_names=(),
+                              steering=Steering.for_game(game, dead_zone=dead_zone), seed=3)
+        return float(np.mean(boss.select_moves(obs, every) == 0))
+
+    assert share_of_move_0(0.0) == 1.0  # direction 1: always the most effective move
+    assert 0.58 < share_of_move_0(0.5) < 0.75  # direction 0.5: half, plus a third of the rest
+    assert 0.25 < share_of_move_0(1.0) < 0.42  # inside the band: at random
