@@ -58,6 +58,7 @@ from agents.config import DifficultyConfig
 from agents.factory import load_agent
 from agents.policy import load_policy
 from agents.rag_setup import RagConfig, memory_boss
+from agents.retrieval import Steering
 from envs.bosses import SCRIPTED_BOSSES, BossPolicy, make_boss
 from envs.game import GameDefinition, available_games, load_game
 from envs.observation import ObservationLayout
@@ -265,7 +266,7 @@ def run_policy(run_id: str, model: Path, game: GameDefinition, label: str, seed:
                          f"experiments.train resume={run_id}) or pick a finished run.") from error
     layout = ObservationLayout.for_game(game)
     return memory_boss(rag, load_agent(model), memory, make_embedder(rag.embedder, layout),
-                       layout, name=label, seed=seed)
+                       layout, name=label, seed=seed, steering=Steering.for_game(game))
 
 
 # --- logging to the run ------------------------------------------------------------------

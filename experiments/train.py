@@ -74,7 +74,7 @@ from agents.config import (
 from agents.factory import load_agent, make_agent
 from agents.policy import SB3BossPolicy
 from agents.rag_setup import RagConfig, memory_boss, new_memory
-from agents.retrieval import MemoryWritingCallback, RetrievalVecEnv, writer_for
+from agents.retrieval import MemoryWritingCallback, RetrievalVecEnv, Steering, writer_for
 from agents.vec_env import EPISODES, BossFightVecEnv
 from envs.boss_fight import OBJECTIVES
 from envs.bosses import BossPolicy
@@ -474,7 +474,8 @@ def trained_boss(model: BaseAlgorithm, game: GameDefinition, config: TrainConfig
         return SB3BossPolicy(model, name=config.agent.algo, seed=config.seed)
     return memory_boss(config.rag, model, memory.memory, memory.embedder,
                        ObservationLayout.for_game(game),
-                       name=f"{config.agent.algo}+{config.rag.mode}", seed=config.seed)
+                       name=f"{config.agent.algo}+{config.rag.mode}", seed=config.seed,
+                       steering=Steering.for_game(game))
 
 
 def record_results(model: BaseAlgorithm, game: GameDefinition, config: TrainConfig,
