@@ -479,9 +479,13 @@ def hp_margins(observations: np.ndarray, layout: ObservationLayout) -> np.ndarra
     """Boss HP fraction minus player HP fraction (``boss_health - health_percentage``) of raw
     or augmented observations, (n,) float64: > 0 when the boss is ahead."""
     rows = raw_observations(observations, layout.size)
-    at = {feature.name: feature.start for feature in layout.features}
-    return (rows[:, at["boss_health"]].astype(np.float64)
-            - rows[:, at["health_percentage"]].astype(np.float64))
+    return (rows[:, feature_start(layout, "boss_health")].astype(np.float64)
+            - rows[:, feature_start(layout, "health_percentage")].astype(np.float64))
+
+
+def feature_start(layout: ObservationLayout, name: str) -> int:
+    """The column where the layout's feature ``name`` starts."""
+    return next(feature.start for feature in layout.features if feature.name == name)
 
 
 def margin_changes(margins: np.ndarray, final: np.ndarray) -> np.ndarray:
@@ -740,12 +744,12 @@ class Steering:
     def player_win_rates(self, observations: np.ndarray) -> np.ndarray:
         """``1 - recent_deaths`` per row, (n,) float64."""
         rows = raw_observations(observations, self.layout.size)
-        return 1.0 - rows[:, self._start("recent_deaths")].astype(np.float64)
+        return 1.0 - rows[:, feature_start(self.layout, "recent_deaths")].astype(np.float64)
 
     def bands(self, observations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per row, the target and tolerance of its difficulty level, each (n,) float64."""
         rows = raw_observations(observations, self.layout.size)
-        start = self._start("difficulty")
+        start = feature_start(self.layout, "difficulty")
         one_hot = rows[:, start:start + len(self.targets)]
         known = one_hot.max(axis=1) > 0.5
         level = one_hot.argmax(axis=1)
@@ -758,9 +762,6 @@ class Steering:
         targets, tolerances = self.bands(observations)
         return steering_direction(self.player_win_rates(observations), targets, tolerances,
                                   self.limit, self.dead_zone)
-
-    def _start(self, name: str) -> int:
-        return next(f.start for f in self.layout.features if f.name == name)
 
 
 class _MemoryBoss:
