@@ -309,11 +309,14 @@ _OUTCOME_COLUMNS = ("game_id, action_id, outcome, effectiveness_score, damage_de
 
 
 class _SqliteStatements:
-    """The hot path's statements for sqlite3 (``?`` parameters)."""
+    """The hot path's statements for sqlite3 (``?`` parameters). sqlite3 lets go of the GIL
+    for every step of a statement, and a busy event loop makes the writer wait for it each
+    time, so a batch is a few multi-row statements whose answers are one row, not one statement
+    or row per record."""
 
-    insert_decisions = f"INSERT INTO decisions ({_DECISION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
-    insert_outcome = (f"INSERT INTO outcomes ({_OUTCOME_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                      "ON CONFLICT DO NOTHING")
+    rows_per_insert = 400  # 8 parameters a row: well under SQLite's 32,766
+    decisions_into = f"INSERT INTO decisions ({_DECISION_COLUMNS}) VALUES "
+    outcomes_into = f"INSERT INTO outcomes ({_OUTCOME_COLUMNS}) VALUES "
 
     @staticmethod
     def begin(cursor: Any) -> None:
@@ -321,31 +324,55 @@ class _SqliteStatements:
         another writer's commit in between (SQLite would refuse it, not wait)."""
         cursor.execute("BEGIN IMMEDIATE")
 
-    @staticmethod
-    def known(cursor: Any, game_id: str, action_ids: Sequence[str]) -> list[str]:
-        """Which of ``action_ids`` are stored decisions of ``game_id``."""
-        marks = ", ".join("?" * len(action_ids))
-        cursor.execute(f"SELECT action_id FROM decisions WHERE game_id = ? AND action_id IN "
-                       f"({marks})", (game_id, *action_ids))
-        return [action_id for (action_id,) in cursor.fetchall()]
+    def insert_decisions(self, cursor: Any, rows: Sequence[tuple[Any, ...]]) -> None:
+        self._insert_rows(cursor, self.decisions_into, rows)
+
+    def known(self, cursor: Any, game_id: str, action_ids: Sequence[str]) -> list[str]:
+        """Which of ``action_ids`` (distinct) are stored decisions of ``game_id``."""
+        return self._stored(cursor, "decisions", game_id, action_ids, expect_all=True)
 
     def insert_outcomes(
         self, cursor: Any, rows: Sequence[tuple[Any, ...]]
     ) -> set[tuple[str, str]]:
-        """Insert outcome rows not stored yet; the (game_id, action_id) pairs inserted."""
-        inserted = set()
-        for row in rows:  # one statement per row: its rowcount says whether it was new
-            cursor.execute(self.insert_outcome, row)
-            if cursor.rowcount == 1:
-                inserted.add((row[0], row[1]))
-        return inserted
+        """Insert outcome rows (distinct keys) not stored yet; the (game_id, action_id) pairs
+        inserted. Within the transaction's write lock, what is not stored now is new."""
+        by_game: dict[str, list[str]] = {}
+        for row in rows:
+            by_game.setdefault(row[0], []).append(row[1])
+        stored = {(game_id, action_id) for game_id, action_ids in by_game.items()
+                  for chunk in _chunks(action_ids, LOOKUP_CHUNK)
+                  for action_id in self._stored(cursor, "outcomes", game_id, chunk,
+                                                expect_all=False)}
+        fresh = [row for row in rows if (row[0], row[1]) not in stored]
+        self._insert_rows(cursor, self.outcomes_into, fresh)
+        return {(row[0], row[1]) for row in fresh}
+
+    def _insert_rows(self, cursor: Any, into: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        for start in range(0, len(rows), self.rows_per_insert):
+            chunk = rows[start:start + self.rows_per_insert]
+            row_marks = "(" + ", ".join("?" * len(chunk[0])) + ")"
+            cursor.execute(into + ", ".join([row_marks] * len(chunk)),
+                           [value for row in chunk for value in row])
+
+    @staticmethod
+    def _stored(cursor: Any, table: str, game_id: str, action_ids: Sequence[str], *,
+                expect_all: bool) -> list[str]:
+        """Which of ``action_ids`` (distinct) ``table`` holds for ``game_id``: first counted
+        (one row), then listed only when the count is neither the expected all nor none."""
+        marks = ", ".join("?" * len(action_ids))
+        where = f"FROM {table} WHERE game_id = ? AND action_id IN ({marks})"
+        params = (game_id, *action_ids)
+        count = cursor.execute(f"SELECT count(*) {where}", params).fetchone()[0]
+        if count == (len(action_ids) if expect_all else 0):
+            return list(action_ids) if expect_all else []
+        return [action_id for (action_id,) in cursor.execute(f"SELECT action_id {where}", params)]
 
 
 class _PostgresStatements(_SqliteStatements):
     """The hot path's statements for psycopg 3 (``%s`` parameters, one round trip per batch)."""
 
-    insert_decisions = (f"INSERT INTO decisions ({_DECISION_COLUMNS}) "
-                        "VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s)")
+    insert_decision = (f"INSERT INTO decisions ({_DECISION_COLUMNS}) "
+                       "VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s)")
     insert_outcome = (f"INSERT INTO outcomes ({_OUTCOME_COLUMNS}) "
                       "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
                       "ON CONFLICT DO NOTHING RETURNING game_id, action_id")
@@ -354,8 +381,10 @@ class _PostgresStatements(_SqliteStatements):
     def begin(cursor: Any) -> None:
         """psycopg opens the transaction with the first statement."""
 
-    @staticmethod
-    def known(cursor: Any, game_id: str, action_ids: Sequence[str]) -> list[str]:
+    def insert_decisions(self, cursor: Any, rows: Sequence[tuple[Any, ...]]) -> None:
+        cursor.executemany(self.insert_decision, rows)  # pipelined
+
+    def known(self, cursor: Any, game_id: str, action_ids: Sequence[str]) -> list[str]:
         cursor.execute("SELECT action_id FROM decisions WHERE game_id = %s AND "
                        "action_id = ANY(%s)", (game_id, list(action_ids)))
         return [action_id for (action_id,) in cursor.fetchall()]
@@ -539,15 +568,15 @@ class Storage:
         decision is rejected and :class:`StorageUnavailable` if the database fails (then
         nothing of either was stored).
 
-        Statements: one executemany of the decisions, one lookup of the outcomes' decisions
-        per game, the outcomes' inserts (pipelined on PostgreSQL), the commit.
+        Statements: the decisions' insert, a lookup of the outcomes' decisions per game, the
+        outcomes' insert (multi-row on SQLite, pipelined on PostgreSQL), the commit.
         """
         if not decisions and not outcomes:
             return []
         with self._driver_transaction("storing decisions and outcomes") as cursor:
             if decisions:
                 rows = [_decision_params(record) for record in decisions]
-                cursor.executemany(self._statements.insert_decisions, rows)
+                self._statements.insert_decisions(cursor, rows)
             return self._store_outcomes(cursor, outcomes) if outcomes else []
 
     def _store_outcomes(

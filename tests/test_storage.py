@@ -230,6 +230,20 @@ def test_outcome_batch_reports_each_record(storage: Storage) -> None:
     assert isinstance(results[1], UnknownAction)
 
 
+def test_large_mixed_batch_stores_each_new_outcome_once(storage: Storage) -> None:
+    """More records than one multi-row statement or lookup holds, mixing new outcomes,
+    outcomes stored before, repeats within the batch and unknown actions."""
+    action_ids = [f"a{i}" for i in range(1200)]
+    _with_game(storage, *action_ids)
+    storage.add_outcomes([_outcome(a) for a in action_ids[::3]])  # stored before
+    batch = [_outcome(a) for a in action_ids] + [_outcome("a1"), _outcome("nope")]
+    results = storage.add_outcomes(batch)
+    assert results[:1200] == [i % 3 != 0 for i in range(1200)]
+    assert results[1200] is False and isinstance(results[1201], UnknownAction)
+    assert storage.stats("game-a").outcomes == 1200
+    assert len(list(storage.lessons("game-a"))) == 1200
+
+
 def test_lessons_replay_in_storage_order_across_pages(
     storage: Storage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
