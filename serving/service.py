@@ -255,7 +255,7 @@ class Service:
         self.connection_limit = ConnectionLimit(settings.max_connections)
         self.draining = False
         self.action_ids = ActionIds()
-        writer = StorageWriter(storage, min_interval=COMMIT_INTERVAL)
+        writer = StorageWriter(storage, min_interval=COMMIT_INTERVAL, child_process=True)
         self.decision_writer: Committer = writer
         self.outcome_writer: Committer = writer
         """Both the one writer: decisions and outcomes share its transactions."""

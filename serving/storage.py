@@ -433,6 +433,11 @@ class Storage:
     def __repr__(self) -> str:
         return f"Storage({self.url.render_as_string(hide_password=True)!r})"
 
+    @property
+    def shareable(self) -> bool:
+        """Whether another process can open this database (not an in-memory SQLite one)."""
+        return not _is_memory(self.url)
+
     @contextlib.contextmanager
     def _transaction(self, doing: str) -> Iterator[Connection]:
         """A connection in a transaction, committed on success; failures become

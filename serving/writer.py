@@ -27,13 +27,17 @@ Example::
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import queue
+import signal
 import threading
 import time
 import typing
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Generic, TypeVar
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any, Generic, TypeVar
 
 from serving.storage import (
     DecisionRecord,
@@ -41,6 +45,7 @@ from serving.storage import (
     RecordRejected,
     Storage,
     StorageError,
+    StorageUnavailable,
 )
 
 log = logging.getLogger(__name__)
@@ -156,7 +161,13 @@ class GroupCommitter(Generic[Item, Result]):
 
 class StorageWriter(GroupCommitter[DecisionRecord | OutcomeRecord, bool | None]):
     """Group commit of decisions and outcomes together (see the module docstring): a
-    decision's future resolves to None, an outcome's to True (stored) or False (duplicate)."""
+    decision's future resolves to None, an outcome's to True (stored) or False (duplicate).
+
+    With ``child_process=True`` the batches are stored by a :class:`StorageProcess` (the
+    storage's URL opened again in a child process): the thread only hands batches over, so
+    the database work never waits for the GIL of a busy event loop. An in-memory SQLite
+    database cannot be shared with a child: it is always stored in the thread.
+    """
 
     def __init__(
         self,
@@ -164,34 +175,156 @@ class StorageWriter(GroupCommitter[DecisionRecord | OutcomeRecord, bool | None])
         *,
         max_batch: int = MAX_BATCH,
         min_interval: float = MIN_INTERVAL,
+        child_process: bool = False,
     ) -> None:
         self._storage = storage
+        self._child = StorageProcess(storage) if child_process and storage.shareable else None
         super().__init__(
-            self._store,
+            self._child.store if self._child is not None else self._store,
             "bosslab-storage-writer",
             max_batch=max_batch,
             min_interval=min_interval,
         )
 
+    def close(self, timeout: float | None = 30.0) -> None:
+        super().close(timeout)
+        if self._child is not None:
+            self._child.close(timeout)
+
     def _store(
         self, batch: list[DecisionRecord | OutcomeRecord]
     ) -> list[bool | BaseException | None]:
-        decisions = [record for record in batch if isinstance(record, DecisionRecord)]
-        outcomes = [record for record in batch if isinstance(record, OutcomeRecord)]
+        return store_batch(self._storage, batch)
+
+
+def store_batch(
+    storage: Storage, batch: Sequence[DecisionRecord | OutcomeRecord]
+) -> list[bool | BaseException | None]:
+    """Store a batch in one transaction; one result per record, in order (None for a
+    decision, True/False for an outcome, or the record's error). If the database rejects the
+    batch, each record is stored on its own so only the bad one fails."""
+    decisions = [record for record in batch if isinstance(record, DecisionRecord)]
+    outcomes = [record for record in batch if isinstance(record, OutcomeRecord)]
+    try:
+        stored = iter(storage.store(decisions, outcomes))
+    except RecordRejected:
+        if len(batch) == 1:
+            raise
+        return [_store_alone(storage, record) for record in batch]
+    return [None if isinstance(record, DecisionRecord) else next(stored) for record in batch]
+
+
+def _store_alone(
+    storage: Storage, record: DecisionRecord | OutcomeRecord
+) -> bool | BaseException | None:
+    """One record of a rejected batch on its own, so only the bad one fails."""
+    try:
+        if isinstance(record, DecisionRecord):
+            storage.store([record], ())
+            return None
+        return storage.store((), [record])[0]
+    except StorageError as error:
+        return error
+
+
+class StorageProcess:
+    """:func:`store_batch` in a child process of its own, for one caller thread at a time.
+
+    The child opens the storage's URL again and answers each batch sent through a pipe with
+    its results. If the child dies, the batch in flight fails with
+    :class:`StorageUnavailable` (its records may or may not be stored: a resend is answered
+    as a duplicate, never twice) and the next batch starts a new child. The child stops when
+    it reads the end of the pipe, so it never outlives the server.
+    """
+
+    def __init__(self, storage: Storage) -> None:
+        self._url = storage.url.render_as_string(hide_password=False)
+        self._context = multiprocessing.get_context("spawn")  # no fork of a threaded server
+        self._connection: Connection | None = None
+        self._process: BaseProcess | None = None
+        self._start()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    def store(
+        self, batch: list[DecisionRecord | OutcomeRecord]
+    ) -> list[bool | BaseException | None]:
+        if self._connection is None:
+            self._start()
+        assert self._connection is not None
         try:
-            stored = iter(self._storage.store(decisions, outcomes))
-        except RecordRejected:
+            self._connection.send(batch)  # pickled whole before anything is written
+        except (EOFError, OSError):
+            raise self._stopped(batch) from None
+        except Exception as error:  # a record that cannot be pickled cannot be stored
             if len(batch) == 1:
-                raise
+                raise RecordRejected(f"a record could not be stored ({error!r}); nothing "
+                                     "was stored") from error
             return [self._store_alone(record) for record in batch]
-        return [None if isinstance(record, DecisionRecord) else next(stored) for record in batch]
+        try:
+            failed, answer = self._connection.recv()
+        except (EOFError, OSError):
+            raise self._stopped(batch) from None
+        if failed:
+            raise answer
+        return list(answer)
 
     def _store_alone(self, record: DecisionRecord | OutcomeRecord) -> bool | BaseException | None:
-        """One record of a rejected batch on its own, so only the bad one fails."""
         try:
-            if isinstance(record, DecisionRecord):
-                self._storage.store([record], ())
-                return None
-            return self._storage.store((), [record])[0]
+            return self.store([record])[0]
         except StorageError as error:
             return error
+
+    def _stopped(self, batch: Sequence[object]) -> StorageUnavailable:
+        """The child is gone: its batch in flight fails, the next batch starts a new child."""
+        self._stop()
+        return StorageUnavailable(
+            f"the storage process stopped while storing a batch of {len(batch)}; it restarts "
+            "with the next one: send again")
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Let the child finish and stop (idempotent)."""
+        self._stop(timeout)
+
+    def _start(self) -> None:
+        parent, child = self._context.Pipe()
+        process = self._context.Process(target=_storage_child, args=(self._url, child),
+                                        name="bosslab-storage", daemon=True)
+        process.start()
+        child.close()
+        self._connection, self._process = parent, process
+
+    def _stop(self, timeout: float | None = 5.0) -> None:
+        if self._connection is not None:
+            self._connection.close()  # the child reads the end and stops
+            self._connection = None
+        if self._process is not None:
+            self._process.join(timeout)
+            if self._process.is_alive():
+                self._process.kill()
+            self._process = None
+
+
+def _storage_child(url: str, connection: Connection) -> None:
+    """The child's loop: a batch in, its results out, until the pipe ends."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's: it closes the pipe
+    storage = Storage(url)
+    try:
+        while True:
+            try:
+                batch = connection.recv()
+            except EOFError:
+                return
+            try:
+                answer: tuple[bool, Any] = (False, store_batch(storage, batch))
+            except Exception as error:  # the caller raises it
+                answer = (True, error if isinstance(error, StorageError)
+                          else StorageUnavailable(f"storing failed: {error!r}"))
+            try:
+                connection.send(answer)
+            except OSError:  # the server is gone
+                return
+    finally:
+        storage.close()

@@ -39,7 +39,7 @@ from serving.storage import (
     UnknownAction,
     normalise_url,
 )
-from serving.writer import StorageWriter
+from serving.writer import StorageProcess, StorageWriter
 
 REPO = Path(__file__).resolve().parents[1]
 POSTGRES_CANDIDATES = (
@@ -380,10 +380,13 @@ def test_password_is_hidden_in_repr() -> None:
 
 # --- group commit ---------------------------------------------------------------------------
 
+WRITER_MODES = pytest.mark.parametrize("child", [False, True], ids=["thread", "child-process"])
 
-def test_decision_writer_commits_in_batches(storage: Storage) -> None:
+
+@WRITER_MODES
+def test_decision_writer_commits_in_batches(storage: Storage, child: bool) -> None:
     storage.add_game(_game())
-    writer = StorageWriter(storage, min_interval=0.002)
+    writer = StorageWriter(storage, min_interval=0.002, child_process=child)
     with ThreadPoolExecutor(max_workers=8) as pool:
         futures = list(pool.map(lambda i: writer.submit(_decision(f"w{i}")), range(400)))
     for future in futures:
@@ -396,18 +399,20 @@ def test_decision_writer_commits_in_batches(storage: Storage) -> None:
         writer.submit(_decision("late"))
 
 
-def test_decision_writer_close_flushes_pending(storage: Storage) -> None:
+@WRITER_MODES
+def test_decision_writer_close_flushes_pending(storage: Storage, child: bool) -> None:
     storage.add_game(_game())
-    writer = StorageWriter(storage, min_interval=0.05)
+    writer = StorageWriter(storage, min_interval=0.05, child_process=child)
     futures = [writer.submit(_decision(f"w{i}")) for i in range(50)]
     writer.close()
     assert all(future.done() and future.exception() is None for future in futures)
     assert storage.stats("game-a").decisions == 50
 
 
-def test_a_bad_decision_fails_alone(storage: Storage) -> None:
+@WRITER_MODES
+def test_a_bad_decision_fails_alone(storage: Storage, child: bool) -> None:
     _with_game(storage, "taken")
-    writer = StorageWriter(storage, min_interval=0.05)
+    writer = StorageWriter(storage, min_interval=0.05, child_process=child)
     unstorable = dataclasses.replace(_decision("odd"), situation={"when": object()})
     records = [_decision("ok1"), _decision("taken"), unstorable, _decision("ok2")]
     futures = [writer.submit(record) for record in records]
@@ -418,17 +423,21 @@ def test_a_bad_decision_fails_alone(storage: Storage) -> None:
     assert storage.get_decision("game-a", "ok2") is not None
 
 
-def test_outcome_writer_reports_each_outcome(storage: Storage) -> None:
+@WRITER_MODES
+def test_outcome_writer_reports_each_outcome(storage: Storage, child: bool) -> None:
     _with_game(storage, "a1", "a2")
-    with StorageWriter(storage, min_interval=0.05) as writer:
+    with StorageWriter(storage, min_interval=0.05, child_process=child) as writer:
         futures = [writer.submit(_outcome(a)) for a in ("a1", "a1", "nope", "a2")]
     assert [futures[i].result() for i in (0, 1, 3)] == [True, False, True]
     assert isinstance(futures[2].exception(), UnknownAction)
 
 
-def test_storage_writer_commits_both_kinds_and_isolates_a_bad_record(storage: Storage) -> None:
+@WRITER_MODES
+def test_storage_writer_commits_both_kinds_and_isolates_a_bad_record(
+    storage: Storage, child: bool
+) -> None:
     _with_game(storage, "taken")
-    writer = StorageWriter(storage, min_interval=0.05)
+    writer = StorageWriter(storage, min_interval=0.05, child_process=child)
     unstorable = dataclasses.replace(_decision("odd"), situation={"when": object()})
     records: list[DecisionRecord | OutcomeRecord] = [
         _decision("d1"), _outcome("taken"), unstorable, _outcome("taken"), _outcome("nope"),
@@ -441,9 +450,10 @@ def test_storage_writer_commits_both_kinds_and_isolates_a_bad_record(storage: St
     assert storage.stats("game-a").decisions == 3 and storage.stats("game-a").outcomes == 1
 
 
-def test_a_cancelled_submission_is_not_stored(storage: Storage) -> None:
+@WRITER_MODES
+def test_a_cancelled_submission_is_not_stored(storage: Storage, child: bool) -> None:
     _with_game(storage, "a1", "a2")
-    writer = StorageWriter(storage, min_interval=0.2)
+    writer = StorageWriter(storage, min_interval=0.2, child_process=child)
     writer.submit(_outcome("a1")).result(timeout=5)  # the next batch waits min_interval
     cancelled = writer.submit(_outcome("a2"))
     assert cancelled.cancel()
@@ -459,6 +469,23 @@ def test_writer_failures_reach_every_waiting_caller() -> None:
             assert isinstance(future.exception(timeout=10), StorageUnavailable)
     down.close()
 
+
+
+def test_a_killed_storage_process_fails_its_batch_and_is_replaced(storage: Storage) -> None:
+    _with_game(storage, "a1", "a2")
+    child = StorageProcess(storage)
+    try:
+        assert child.store([_outcome("a1")]) == [True]
+        first = child.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(StorageUnavailable, match="send again"):
+            child.store([_outcome("a2")])  # sent to a dead child: not known to be stored
+        assert child.store([_outcome("a2"), _outcome("a1")]) == [True, False]
+        assert child.pid not in (None, first)
+    finally:
+        child.close()
+    assert child.pid is None and storage.stats("game-a").outcomes == 2
 
 # --- crash safety ---------------------------------------------------------------------------
 
