@@ -4,13 +4,14 @@ tests, never share counters), and a latency window for ``realtime-stats``.
 ==========================================  =========  ==========================================
 metric                                      kind       what
 ==========================================  =========  ==========================================
-bosslab_decisions_total{game}               counter    moves served (stored, then answered)
+bosslab_decisions_total{game}               counter    moves served (answered)
 bosslab_outcomes_total{game,result}         counter    outcomes: stored / duplicate
 bosslab_errors_total{code}                  counter    error messages sent, by protocol code
 bosslab_open_sockets                        gauge      WebSocket connections open now
 bosslab_decision_seconds                    histogram  the brain's decision (of the requests of
                                                        one loop turn, decided together: theirs)
-bosslab_decision_store_seconds              histogram  waiting for the decision's group commit
+bosslab_decision_store_seconds              histogram  from a decision to its group commit
+                                                       (answered before it, unless storage fails)
 bosslab_request_seconds                     histogram  a request from frame received to answer
                                                        ready (``latency_ms`` of the response)
 bosslab_outcome_seconds                     histogram  an outcome from frame to learning_update
@@ -47,7 +48,7 @@ class Metrics:
             "bosslab_decision_seconds", "The brain's decision time", registry=r,
             buckets=LATENCY_BUCKETS)
         self.store_seconds = Histogram(
-            "bosslab_decision_store_seconds", "Waiting for the decision's group commit",
+            "bosslab_decision_store_seconds", "From a decision to its group commit",
             registry=r, buckets=LATENCY_BUCKETS)
         self.request_seconds = Histogram(
             "bosslab_request_seconds", "A boss_action_request from frame to answer",

@@ -6,14 +6,18 @@ request -> checked against the game's terms -> :class:`envs.observation.Situatio
 request plus the session's boss state: last move, habits) -> ``brain.decide_many`` with the
 other requests of the game in the same turn of the event loop (:class:`DecisionBatch`: one
 embedding, memory search and policy call for all) -> the move and the situation's memory key,
-kept for learning (one embedding per decision) -> a fresh
-``action_id`` (:class:`ActionIds`) -> the decision is stored through the group-commit
-:class:`serving.writer.StorageWriter` and *committed before the response is built*, so every
-action_id a game ever received is recognised after a crash -> the session counts the move.
+kept for learning (one embedding per decision) -> a fresh signed ``action_id``
+(:class:`ActionIds`) -> the decision is queued for the next group commit of the
+:class:`serving.writer.StorageWriter` (in its child process) and answered without waiting for
+it -> the session counts the move. Every action_id a game ever received is recognised after a
+crash: stored, or, if the crash came between the answer and the commit (a few milliseconds),
+by its signature; an outcome of such a lost decision is kept with a stand-in decision (no
+context: not learnt), never refused as ``unknown_action``. While storage fails, decisions wait
+for their commit, so games hear ``unavailable`` instead of moves that cannot be stored.
 
-Outcome path (:meth:`Service.record_outcome`): the outcome goes through the same writer
-(committed, or a duplicate, or an unknown action; decisions and outcomes of a group commit
-share one transaction) -> only when newly stored, the brain learns it and the player's
+Outcome path (:meth:`Service.record_outcome`): the outcome goes through the same writer,
+after its decision (committed, or a duplicate, or an unknown action; decisions and outcomes of
+a group commit share one transaction, so a decision is never durable later than its outcome) -> only when newly stored, the brain learns it and the player's
 profile counts it -> ``learning_update``. Outcomes stored in the same turn of the event loop
 are learnt in one memory write (:class:`LessonBatch`). A duplicate changes nothing and says
 ``duplicate: true``.
@@ -25,6 +29,10 @@ every stored lesson is replayed through ``brain.learn`` and into the session pro
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
+import hashlib
+import hmac
 import itertools
 import logging
 import os
@@ -60,6 +68,7 @@ from serving.protocol import (
 from serving.sessions import Session, Sessions, StoredLesson
 from serving.settings import Settings
 from serving.storage import (
+    STAND_IN_VERSION,
     DecisionRecord,
     GameExists,
     GameRecord,
@@ -76,6 +85,8 @@ COMMIT_INTERVAL = 0.002
 """Seconds between two group commits at least (the writer's ``min_interval``): under load
 each commit carries every decision and outcome of the interval, so its cost is shared. A
 decision's answer waits for its commit: short."""
+LOST_SESSION = "unknown"
+"""The session_id of a stand-in decision (outcomes do not name their session)."""
 RECENT_DECISIONS = 50_000
 """Decisions kept in memory until their outcome arrives (older ones are read from storage)."""
 
@@ -99,16 +110,42 @@ class Drainable(Protocol):
 
 
 class ActionIds:
-    """Fresh action_ids: 32 hex characters, a random 64-bit prefix drawn once per server run
-    followed by a counter. Unique across runs (a repeat would be refused by the database's
-    unique key, never stored twice), and without the system call uuid4 makes per decision."""
+    """Fresh action_ids the server can recognise without its database: a random 64-bit
+    prefix drawn once per server run, a counter, the move's index in the game's vocabulary,
+    and a MAC of all that and the game_id under a key derived from the server's secret key
+    (50 hex characters). Unique across runs (a repeat would be refused by the database's
+    unique key, never stored twice), without the system call uuid4 makes per decision.
 
-    def __init__(self) -> None:
+    :meth:`issued` tells an action_id this server (or one with the same secret key) issued to
+    a game, even if its decision was lost before it was stored: its outcome is then kept
+    (with a stand-in decision), never refused as ``unknown_action``.
+    """
+
+    def __init__(self, secret_key: str) -> None:
         self.prefix = os.urandom(8).hex()
         self._counter = itertools.count()
+        self._key = hashlib.sha256(b"bosslab action_id\0" + secret_key.encode()).digest()
 
-    def next(self) -> str:
-        return f"{self.prefix}{next(self._counter):016x}"
+    def next(self, game_id: str, move_index: int) -> str:
+        body = f"{self.prefix}{next(self._counter):016x}{move_index:02x}"
+        return body + self._mac(game_id, body)
+
+    def issued(self, game_id: str, action_id: str) -> int | None:
+        """The move index of an action_id issued to ``game_id``; None if it was not."""
+        if len(action_id) != ACTION_ID_LENGTH:
+            return None
+        body, mac = action_id[:-MAC_LENGTH], action_id[-MAC_LENGTH:]
+        if not hmac.compare_digest(mac, self._mac(game_id, body)):
+            return None
+        return int(body[-2:], 16)
+
+    def _mac(self, game_id: str, body: str) -> str:
+        message = f"{game_id}\0{body}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()[:MAC_LENGTH]
+
+
+MAC_LENGTH = 16
+ACTION_ID_LENGTH = 16 + 16 + 2 + MAC_LENGTH
 
 
 class Committer(Protocol):
@@ -234,6 +271,15 @@ class GameRuntime:
     def game_id(self) -> str:
         return self.record.game_id
 
+    @property
+    def moves(self) -> list[str]:
+        """The boss moves in the order the game registered them (action_ids carry an index)."""
+        return list(self.record.vocabulary["boss_actions"])
+
+    @functools.cached_property
+    def move_codes(self) -> dict[str, int]:
+        return {move: index for index, move in enumerate(self.moves)}
+
 
 def _seed(game_id: str) -> int:
     return zlib.crc32(game_id.encode())
@@ -254,7 +300,10 @@ class Service:
         self.connections: set[Drainable] = set()
         self.connection_limit = ConnectionLimit(settings.max_connections)
         self.draining = False
-        self.action_ids = ActionIds()
+        self.action_ids = ActionIds(settings.secret_key)
+        self.storage_failing = False
+        """Whether the last decision commit failed for want of storage (decisions then wait
+        for their commit, so they are answered ``unavailable`` until storage is back)."""
         writer = StorageWriter(storage, min_interval=COMMIT_INTERVAL, child_process=True)
         self.decision_writer: Committer = writer
         self.outcome_writer: Committer = writer
@@ -397,7 +446,7 @@ class Service:
 
     async def decide(self, game_id: str, session_id: str, request: BossActionRequest,
                      received: float, request_id: str | None = None) -> dict[str, Any]:
-        """Serve one move; the decision is committed before this returns (see module doc)."""
+        """Serve one move; the decision is queued for storage, not waited for (module doc)."""
         game = self.game(game_id)
         check_request(request, game.terms, request_id)
         session = await self.session(game, session_id)
@@ -406,17 +455,17 @@ class Service:
             brain = game.brain  # the one that decides, even if a reload swaps it meanwhile
             decision, key, decide_s = await _decide(game, situation)
             decided = perf_counter()
-            action_id = self.action_ids.next()
+            action_id = self.action_ids.next(game_id, game.move_codes[decision.move])
             stored_situation = {**situation_json(situation),
                                 "habit_counts": session.habits.snapshot()}
             record = DecisionRecord(action_id, game_id, session.session_id, stored_situation,
                                     decision.move, brain.policy_version, time.time())
-            await self._commit_decision(record)
+            await self._store_decision(record, decided)
             session.habits.played(decision.move)
             session.decisions += 1
         game.recent.add(action_id, Issued(situation, decision.move, session.session_id, key))
         latency_ms = (perf_counter() - received) * 1000.0
-        self._count_decision(game, decide_s, perf_counter() - decided, latency_ms)
+        self._count_decision(game, decide_s, latency_ms)
         return {
             "action_id": action_id,
             "boss_action": {"boss_action": decision.move, "action_type": decision.action_type,
@@ -427,19 +476,30 @@ class Service:
             "latency_ms": round(latency_ms, 3),
         }
 
-    async def _commit_decision(self, record: DecisionRecord) -> None:
+    async def _store_decision(self, record: DecisionRecord, decided: float) -> None:
+        """Queue the decision for the next group commit. It is answered without waiting for
+        the commit (its action_id is recognised without the database, see :class:`ActionIds`),
+        except while storage is failing: then it waits, so the game hears ``unavailable``."""
         try:
             future = self.decision_writer.submit(record)
         except RuntimeError as error:  # the writer is closed: the server is stopping
             raise Unavailable("the server is shutting down: nothing was stored; send the "
                               "request again after reconnecting") from error
-        await asyncio.wrap_future(future)
+        future.add_done_callback(lambda done: self._decision_stored(done, decided))
+        if self.storage_failing:
+            await asyncio.wrap_future(future)
 
-    def _count_decision(self, game: GameRuntime, decide_s: float, store_s: float,
-                        latency_ms: float) -> None:
+    def _decision_stored(self, future: Future[Any], decided: float) -> None:
+        """In the writer's thread, once a decision's commit is over."""
+        error = None if future.cancelled() else future.exception()
+        self.storage_failing = isinstance(error, StorageUnavailable)
+        if error is not None and not self.storage_failing:
+            log.error("a decision could not be stored: %s", error)
+        self.metrics.store_seconds.observe(perf_counter() - decided)
+
+    def _count_decision(self, game: GameRuntime, decide_s: float, latency_ms: float) -> None:
         self.metrics.decisions.labels(game.game_id).inc()
         self.metrics.decision_seconds.observe(decide_s)
-        self.metrics.store_seconds.observe(store_s)
         self.metrics.request_seconds.observe(latency_ms / 1000.0)
         game.latency.add(latency_ms)
 
@@ -454,11 +514,12 @@ class Service:
                                outcome.effectiveness_score, outcome.damage_dealt,
                                outcome.player_hit, outcome.execution_time, time.time())
         try:
-            future = self.outcome_writer.submit(record)
-        except RuntimeError as error:
-            raise Unavailable("the server is shutting down: nothing was stored; send the "
-                              "outcome again after reconnecting") from error
-        stored = await asyncio.wrap_future(future)
+            stored = await self._store_outcome(record)
+        except UnknownAction:
+            stand_in = self._stand_in(game, record)
+            if stand_in is None:
+                raise
+            stored = await self._store_outcome(dataclasses.replace(record, stand_in=stand_in))
         if not stored:
             self.metrics.outcomes.labels(game_id, "duplicate").inc()
             self.metrics.outcome_seconds.observe(perf_counter() - received)
@@ -471,13 +532,34 @@ class Service:
         return {"action_id": outcome.action_id, "duplicate": False,
                 "memory_size": memory_size, "adapted": adapted}
 
+    async def _store_outcome(self, record: OutcomeRecord) -> bool:
+        try:
+            future = self.outcome_writer.submit(record)
+        except RuntimeError as error:
+            raise Unavailable("the server is shutting down: nothing was stored; send the "
+                              "outcome again after reconnecting") from error
+        return bool(await asyncio.wrap_future(future))
+
+    def _stand_in(self, game: GameRuntime, outcome: OutcomeRecord) -> DecisionRecord | None:
+        """A stand-in for the decision of an action_id this server issued but never stored
+        (lost in a crash before its commit); None for an action_id it never issued."""
+        move = self.action_ids.issued(game.game_id, outcome.action_id)
+        if move is None or move >= len(game.moves):
+            return None
+        log.warning("outcome for action %s of game %s: its decision was lost before it was "
+                    "stored; the outcome is kept with a stand-in decision (not learnt)",
+                    outcome.action_id, game.game_id)
+        return DecisionRecord(outcome.action_id, game.game_id, LOST_SESSION, {},
+                              game.moves[move], STAND_IN_VERSION, outcome.created_at)
+
     async def _learn(self, game: GameRuntime, outcome: ActionOutcome) -> tuple[str, int]:
         """Teach the brain and the player's profile a newly stored outcome."""
         issued = game.recent.take(outcome.action_id) or await self._stored_decision(
             game, outcome.action_id)
         if issued is None:
-            return ("stored; the memory learns it at the next start (its decision could not "
-                    "be read now)", game.brain.memory_size())
+            return ("stored; not learnt now: its decision could not be read (the memory learns "
+                    "it at the next start unless the decision was lost in a crash)",
+                    game.brain.memory_size())
         memory_size = await self._teach(game, issued, outcome.effectiveness_score)
         profile = game.sessions.get(issued.session_id).profile
         record = profile.add_lesson(issued.situation.player, issued.move, outcome.outcome,
@@ -505,7 +587,7 @@ class Service:
         except StorageUnavailable as error:
             log.warning("decision %s not readable for learning: %s", action_id, error)
             return None
-        if record is None:
+        if record is None or record.policy_version == STAND_IN_VERSION:
             return None
         return Issued(situation_from_json(record.situation), record.move, record.session_id)
 

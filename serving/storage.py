@@ -131,6 +131,15 @@ class OutcomeRecord:
     player_hit: bool
     execution_time: float
     created_at: float
+    stand_in: DecisionRecord | None = None
+    """What to store in place of its decision if the game never got that stored (a decision
+    the server answered, then lost in a crash before committing it; the server signed its
+    action_id, so it knows it issued it). None: an unknown action_id is refused."""
+
+
+STAND_IN_VERSION = "(lost: the server stopped before storing this decision)"
+"""The policy_version of a stand-in decision. Stand-ins keep their outcomes (never refused as
+``unknown_action``) but have no context: lessons and telemetry leave them out."""
 
 
 @dataclass(frozen=True)
@@ -591,6 +600,12 @@ class Storage:
         per record."""
         keys = [(record.game_id, record.action_id) for record in records]
         known = self._known_decisions(cursor, keys)
+        stand_ins = {key: record.stand_in for key, record in zip(keys, records, strict=True)
+                     if key not in known and record.stand_in is not None}
+        if stand_ins:
+            self._statements.insert_decisions(
+                cursor, [_decision_params(record) for record in stand_ins.values()])
+            known.update(stand_ins)
         first: dict[tuple[str, str], int] = {}
         for index, key in enumerate(keys):
             first.setdefault(key, index)
@@ -615,7 +630,8 @@ class Storage:
         return known
 
     def lessons(self, game_id: str) -> Iterator[tuple[DecisionRecord, OutcomeRecord]]:
-        """Every stored outcome of a game with its decision, in storage order.
+        """Every stored outcome of a game with its decision, in storage order (outcomes of
+        stand-in decisions left out: they have no context to learn from).
 
         Reads in pages of ``LESSON_PAGE`` rows, each in its own short transaction, so a long
         replay holds no connection or lock between pages.
@@ -642,7 +658,8 @@ class Storage:
                     decisions.c.action_id == outcomes.c.action_id,
                 ),
             )
-            .where(outcomes.c.game_id == game_id, outcomes.c.seq > after_seq)
+            .where(outcomes.c.game_id == game_id, outcomes.c.seq > after_seq,
+                   decisions.c.policy_version != STAND_IN_VERSION)
             .order_by(outcomes.c.seq)
             .limit(LESSON_PAGE)
         )

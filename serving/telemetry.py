@@ -45,7 +45,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from envs.observation import PlayerContext
-from serving.storage import decisions, games, normalise_url, outcomes
+from serving.storage import STAND_IN_VERSION, decisions, games, normalise_url, outcomes
 
 LIST_FIELDS = ("frequent_actions", "attack_patterns")
 """player_context fields that are lists: written as comma-separated names."""
@@ -149,7 +149,8 @@ def _page_query(game_id: str | None, after_seq: int) -> sa.Select[Any]:
                        decisions.c.action_id, decisions.c.created_at, decisions.c.situation,
                        decisions.c.move, decisions.c.policy_version,
                        *(outcomes.c[name] for name in OUTCOME_COLUMNS))
-             .select_from(joined).where(decisions.c.seq > after_seq)
+             .select_from(joined)
+             .where(decisions.c.seq > after_seq, decisions.c.policy_version != STAND_IN_VERSION)
              .order_by(decisions.c.seq).limit(PAGE))
     if game_id is not None:
         query = query.where(decisions.c.game_id == game_id)

@@ -16,7 +16,9 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from serving.bundle import write_scripted_bundle
+from serving.service import ActionIds
 from tests.server_helpers import (
+    SECRET,
     Game,
     ServerProcess,
     ask,
@@ -83,6 +85,42 @@ def test_restart_between_a_decision_and_its_outcome(server: ServerProcess) -> No
     stats = httpx.get(f"{server.url}/api/v1/games/{game.game_id}/realtime-stats",
                       headers=auth(game.token)).json()
     assert stats["actions_served"] == 4 and stats["outcomes_stored"] == 4
+
+
+def test_kill_9_right_after_decisions_loses_no_action_id(server: ServerProcess) -> None:
+    """Decisions are answered before their group commit: a crash just after the answers may
+    lose some decisions, never the games' outcomes of them."""
+    game = register(server.url)
+    ids = run(decide(server, game, 40))
+    server.kill()
+    server.restart()
+    answers = run(report(server, game, ids))
+    assert [a.get("duplicate") for a in answers] == [False] * 40, answers
+    stats = httpx.get(f"{server.url}/api/v1/games/{game.game_id}/realtime-stats",
+                      headers=auth(game.token)).json()
+    assert stats["outcomes_stored"] == 40
+
+
+def test_an_issued_but_never_stored_decision_keeps_its_outcome(server: ServerProcess) -> None:
+    """An action_id signed with the server's key whose decision never reached storage (the
+    crash case, made certain): its outcome is stored once with a stand-in decision and not
+    learnt; the same id under another key, or for another game, is ``unknown_action``."""
+    game = register(server.url)
+    other = register(server.url)
+    lost = ActionIds(SECRET).next(game.game_id, 1)
+    forged = ActionIds("another key of forty characters or so ....").next(game.game_id, 1)
+    [first, again, wrong_key] = run(report(server, game, [lost, lost, forged]))
+    assert first["duplicate"] is False and "not learnt" in str(first["adapted"])
+    assert first["memory_size"] == 0 and again["duplicate"] is True
+    assert wrong_key["code"] == "unknown_action"
+    [elsewhere] = run(report(server, other, [lost]))
+    assert elsewhere["code"] == "unknown_action"
+    server.stop()
+    server.restart()  # the stand-in is no lesson: the replay skips it
+    assert httpx.get(f"{server.url}/api/v1/health").json()["memory_size"] == 0
+    stats = httpx.get(f"{server.url}/api/v1/games/{game.game_id}/realtime-stats",
+                      headers=auth(game.token)).json()
+    assert stats["outcomes_stored"] == 1 and stats["action_mix"] == {"defend": 1}
 
 
 def test_memory_profile_and_habits_are_rebuilt_at_start(server: ServerProcess) -> None:

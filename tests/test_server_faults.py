@@ -4,6 +4,7 @@ runs under uvicorn in a thread of this process so the test can break its parts."
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,10 @@ def server(tmp_path: Path) -> Iterator[ThreadServer]:
     running.stop()
 
 
-def test_storage_down_answers_unavailable_and_stores_nothing(server: ThreadServer) -> None:
+def test_storage_down_answers_unavailable_and_loses_nothing(server: ThreadServer) -> None:
+    """Decisions are answered before their commit: the first one after storage fails is
+    answered and lost; from then on requests and outcomes hear ``unavailable`` until storage
+    is back; the lost decision's outcome is still stored (a stand-in), never unknown."""
     game = register(server.url)
     service = server.app.state.service
 
@@ -78,6 +82,13 @@ def test_storage_down_answers_unavailable_and_stores_nothing(server: ThreadServe
         down = DownStorage()
         service.storage = down
         service.decision_writer = service.outcome_writer = StorageWriter(down)  # type: ignore[arg-type]
+        lost = await ask(ws, "boss_action_request", move_request(), "before-known")
+        assert lost["type"] == "boss_action_response"
+        for _ in range(100):  # its commit fails in the writer's thread
+            if service.storage_failing:
+                break
+            await asyncio.sleep(0.05)
+        assert service.storage_failing
         for kind, data in (("boss_action_request", move_request()),
                            ("action_outcome", outcome(move["action_id"]))):
             answer = await ask(ws, kind, data, "while-down")
@@ -91,10 +102,19 @@ def test_storage_down_answers_unavailable_and_stores_nothing(server: ThreadServe
         service.storage, service.decision_writer, service.outcome_writer = real
         update = await ask(ws, "action_outcome", outcome(move["action_id"]))
         assert update["data"]["duplicate"] is False  # the failed try stored nothing
+        kept = await ask(ws, "action_outcome", outcome(lost["data"]["action_id"]))
+        assert kept["type"] == "learning_update" and kept["data"]["duplicate"] is False
+        again = await ask(ws, "action_outcome", outcome(lost["data"]["action_id"]))
+        assert again["data"]["duplicate"] is True
+        back = await ask(ws, "boss_action_request", move_request())
+        assert back["type"] == "boss_action_response" and not service.storage_failing
         await ws.close()
 
     run(body())
     assert httpx.get(f"{server.url}/api/v1/health").json()["status"] == "ok"
+    stats = httpx.get(f"{server.url}/api/v1/games/{game.game_id}/realtime-stats",
+                      headers={"Authorization": f"Bearer {game.token}"})
+    assert stats.json()["outcomes_stored"] == 2
 
 
 def test_a_failing_handler_answers_internal_and_keeps_the_socket(server: ThreadServer) -> None:

@@ -50,7 +50,7 @@ def test_status_then_move_then_learning_update(server: ServerProcess) -> None:
         assert data["boss_action"]["boss_action"] in ("attack", "defend", "special_move")
         assert data["boss_action"]["action_type"] in ("aggressive", "defensive", "tactical")
         assert 0.0 <= data["confidence"] <= 1.0 and data["retrieved"] == 0
-        assert data["latency_ms"] > 0 and len(data["action_id"]) == 32
+        assert data["latency_ms"] > 0 and len(data["action_id"]) == 50
         update = await ask(ws, "action_outcome", outcome(data["action_id"], 0.2), "o-1")
         assert update == {"type": "learning_update", "request_id": "o-1", "data": {
             "action_id": data["action_id"], "duplicate": False, "memory_size": 1,

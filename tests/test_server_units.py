@@ -96,10 +96,23 @@ def test_situation_json_is_what_asdict_gives() -> None:
 
 
 def test_action_ids_are_unique_within_and_across_runs() -> None:
-    first, second = ActionIds(), ActionIds()
-    issued = [first.next() for _ in range(1000)] + [second.next() for _ in range(1000)]
+    first, second = ActionIds("key"), ActionIds("key")
+    issued = [first.next("g", i % 3) for i in range(1000)]
+    issued += [second.next("g", i % 3) for i in range(1000)]
     assert len(set(issued)) == 2000
-    assert all(len(action_id) == 32 and int(action_id, 16) >= 0 for action_id in issued)
+    assert all(len(action_id) == 50 and int(action_id, 16) >= 0 for action_id in issued)
+
+
+def test_action_ids_are_recognised_by_their_signature_alone() -> None:
+    ids = ActionIds("key")
+    action_id = ids.next("game-a", 2)
+    assert ActionIds("key").issued("game-a", action_id) == 2  # another run, same key
+    assert ids.issued("game-b", action_id) is None  # issued to another game
+    assert ActionIds("other key").issued("game-a", action_id) is None
+    tampered = action_id[:33] + "0" + action_id[34:] if action_id[33] != "0" else (
+        action_id[:33] + "1" + action_id[34:])
+    assert ids.issued("game-a", tampered) is None  # another move index, same MAC
+    assert ids.issued("game-a", "x" * 50) is None and ids.issued("game-a", "short") is None
 
 
 def test_codec_echoes_request_ids_and_bounds_them() -> None:
