@@ -17,8 +17,9 @@ for their commit, so games hear ``unavailable`` instead of moves that cannot be 
 
 Outcome path (:meth:`Service.record_outcome`): the outcome goes through the same writer,
 after its decision (committed, or a duplicate, or an unknown action; decisions and outcomes of
-a group commit share one transaction, so a decision is never durable later than its outcome) -> only when newly stored, the brain learns it and the player's
-profile counts it -> ``learning_update``. Outcomes stored in the same turn of the event loop
+a group commit share one transaction, so a decision is never durable later than its outcome)
+-> only when newly stored, the brain learns it and the player's profile counts it ->
+``learning_update``. Outcomes stored in the same turn of the event loop
 are learnt in one memory write (:class:`LessonBatch`). A duplicate changes nothing and says
 ``duplicate: true``.
 
