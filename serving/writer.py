@@ -309,7 +309,10 @@ class StorageProcess:
 
 def _storage_child(url: str, connection: Connection) -> None:
     """The child's loop: a batch in, its results out, until the pipe ends."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's: it closes the pipe
+    # Ctrl-C and SIGTERM sent to the whole process group (a terminal, systemd) are the
+    # server's: it drains, flushes through this child, then closes the pipe, which stops it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     storage = Storage(url)
     try:
         while True:

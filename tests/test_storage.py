@@ -483,6 +483,8 @@ def test_a_killed_storage_process_fails_its_batch_and_is_replaced(storage: Stora
             child.store([_outcome("a2")])  # sent to a dead child: not known to be stored
         assert child.store([_outcome("a2"), _outcome("a1")]) == [True, False]
         assert child.pid not in (None, first)
+        os.kill(child.pid, signal.SIGTERM)  # the server's to handle: the child keeps storing
+        assert child.store([_outcome("a2")]) == [False]
     finally:
         child.close()
     assert child.pid is None and storage.stats("game-a").outcomes == 2
