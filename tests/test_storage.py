@@ -29,6 +29,7 @@ import sqlalchemy as sa
 
 from serving import storage as storage_module
 from serving.storage import (
+    STAND_IN_VERSION,
     DecisionRecord,
     GameExists,
     GameRecord,
@@ -39,6 +40,7 @@ from serving.storage import (
     UnknownAction,
     normalise_url,
 )
+from serving.telemetry import read_telemetry
 from serving.writer import StorageProcess, StorageWriter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -242,6 +244,25 @@ def test_large_mixed_batch_stores_each_new_outcome_once(storage: Storage) -> Non
     assert results[1200] is False and isinstance(results[1201], UnknownAction)
     assert storage.stats("game-a").outcomes == 1200
     assert len(list(storage.lessons("game-a"))) == 1200
+
+
+def test_a_stand_in_keeps_the_outcome_of_a_lost_decision_out_of_lessons_and_telemetry(
+    storage: Storage, database_url: str
+) -> None:
+    _with_game(storage, "a1")
+    stand_in = dataclasses.replace(_decision("lost"), situation={},
+                                   policy_version=STAND_IN_VERSION)
+    results = storage.add_outcomes([
+        dataclasses.replace(_outcome("lost"), stand_in=stand_in),
+        _outcome("a1"),
+        _outcome("never"),  # no stand-in: an action the server never issued
+    ])
+    assert results[:2] == [True, True] and isinstance(results[2], UnknownAction)
+    again = dataclasses.replace(_outcome("lost", score=0.9), stand_in=stand_in)
+    assert storage.add_outcomes([again, _outcome("lost")]) == [False, False]
+    assert storage.stats("game-a").outcomes == 2
+    assert [d.action_id for d, _ in storage.lessons("game-a")] == ["a1"]
+    assert [row["action_id"] for row in read_telemetry(database_url)] == ["a1"]
 
 
 def test_lessons_replay_in_storage_order_across_pages(
