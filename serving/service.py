@@ -84,8 +84,8 @@ log = logging.getLogger("serving.service")
 
 COMMIT_INTERVAL = 0.002
 """Seconds between two group commits at least (the writer's ``min_interval``): under load
-each commit carries every decision and outcome of the interval, so its cost is shared. A
-decision's answer waits for its commit: short."""
+each commit carries every decision and outcome of the interval, so its cost is shared. An
+outcome's answer waits for its commit: short. (A decision's does not, unless storage fails.)"""
 LOST_SESSION = "unknown"
 """The session_id of a stand-in decision (outcomes do not name their session)."""
 RECENT_DECISIONS = 50_000

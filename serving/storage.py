@@ -377,7 +377,7 @@ class _SqliteStatements:
         return [action_id for (action_id,) in cursor.execute(f"SELECT action_id {where}", params)]
 
 
-class _PostgresStatements(_SqliteStatements):
+class _PostgresStatements:
     """The hot path's statements for psycopg 3 (``%s`` parameters, one round trip per batch)."""
 
     insert_decision = (f"INSERT INTO decisions ({_DECISION_COLUMNS}) "
