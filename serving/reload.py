@@ -41,10 +41,18 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from weakref import WeakKeyDictionary
 
+from serving.brain_host import RemoteBrain
 from serving.bundle import Bundle, load_bundle
 from serving.decisions import BossBrain
 from serving.protocol import GameTerms, server_time, situation_from_json
-from serving.service import GameRuntime, RecentDecisions, Service, new_game_brain, teach
+from serving.service import (
+    BrainMaker,
+    GameRuntime,
+    RecentDecisions,
+    Service,
+    new_game_brain,
+    teach_all,
+)
 from serving.storage import Storage
 
 log = logging.getLogger("serving.reload")
@@ -118,7 +126,8 @@ async def reload_bundle(service: Service, path: str | Path) -> ReloadReport:
     async with _lock(service):
         bundle = await asyncio.to_thread(_load, path)
         targets, skipped = choose_games(service, bundle)
-        fresh = await asyncio.to_thread(build_brains, service.storage, bundle, targets)
+        fresh = await asyncio.to_thread(build_brains, service.storage, bundle, targets,
+                                        service.new_brain)
         replaced = install(service, bundle, fresh)
         notified = await announce(service, tuple(fresh))
     manifest = bundle.manifest
@@ -156,16 +165,16 @@ def choose_games(service: Service,
     return targets, skipped
 
 
-def build_brains(storage: Storage, bundle: Bundle,
-                 targets: Mapping[str, GameRuntime]) -> dict[str, FreshBrain]:
+def build_brains(storage: Storage, bundle: Bundle, targets: Mapping[str, GameRuntime],
+                 make_brain: BrainMaker) -> dict[str, FreshBrain]:
     """A fresh brain per game with its stored lessons replayed (blocking: a worker thread)."""
-    return {game_id: FreshBrain(*_brain_for(storage, bundle, game)) for game_id, game
-            in targets.items()}
+    return {game_id: FreshBrain(*_brain_for(storage, bundle, game, make_brain))
+            for game_id, game in targets.items()}
 
 
-def _brain_for(storage: Storage, bundle: Bundle,
-               game: GameRuntime) -> tuple[BossBrain, GameTerms, int]:
-    brain, terms = new_game_brain(game.record, bundle)
+def _brain_for(storage: Storage, bundle: Bundle, game: GameRuntime,
+               make_brain: BrainMaker) -> tuple[BossBrain, GameTerms, int]:
+    brain, terms = new_game_brain(game.record, bundle, make_brain)
     replayed = 0
     for _ in range(1 + CATCH_UP_ROUNDS):
         added = replay_lessons(storage, game.game_id, brain, skip=replayed)
@@ -178,11 +187,10 @@ def _brain_for(storage: Storage, bundle: Bundle,
 def replay_lessons(storage: Storage, game_id: str, brain: BossBrain, skip: int = 0) -> int:
     """Teach ``brain`` the stored lessons of a game after the first ``skip``, in storage
     order; returns how many were read (a lesson the brain refuses is logged and skipped)."""
-    read = 0
-    for decision, outcome in itertools.islice(storage.lessons(game_id), skip, None):
-        read += 1
-        teach(brain, game_id, decision, outcome, situation_from_json(decision.situation))
-    return read
+    lessons = [(decision, outcome, situation_from_json(decision.situation))
+               for decision, outcome in itertools.islice(storage.lessons(game_id), skip, None)]
+    teach_all(brain, game_id, lessons)
+    return len(lessons)
 
 
 def install(service: Service, bundle: Bundle, fresh: Mapping[str, FreshBrain]) -> tuple[str, ...]:
@@ -190,6 +198,8 @@ def install(service: Service, bundle: Bundle, fresh: Mapping[str, FreshBrain]) -
     event loop); returns the policy_versions of the bundles replaced."""
     for game_id, item in fresh.items():
         game = service.games[game_id]
+        if isinstance(game.brain, RemoteBrain):
+            game.brain.drop()
         game.bundle, game.brain, game.terms = bundle, item.brain, item.terms
         game.decisions = game.lessons = None
         game.recent = RecentDecisions()

@@ -41,7 +41,7 @@ import time
 import uuid
 import zlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -50,6 +50,7 @@ from typing import Any, NamedTuple, Protocol
 from envs.observation import Situation
 from serving.auth import AuthError, check_api_key, hash_api_key, issue_token, new_api_key
 from serving.brain import Key, MemoryBrain
+from serving.brain_host import BrainHost, BrainsLost, RemoteBrain, Result
 from serving.bundle import Bundle
 from serving.decisions import BossBrain, Decision, Lesson
 from serving.limits import ConnectionLimit
@@ -169,10 +170,11 @@ class Issued(NamedTuple):
 
 class DecisionBatch:
     """Requests of one game decided in the same turn of the event loop: the brain decides them
-    together at the end of the turn (``MemoryBrain.decide_many``). If that fails, each is
-    decided alone, so a bad request fails only itself."""
+    together at the end of the turn (``MemoryBrain.decide_many``; a :class:`RemoteBrain` in
+    the brain process, answered in a later turn). If that fails, each is decided alone, so a
+    bad request fails only itself."""
 
-    def __init__(self, brain: MemoryBrain) -> None:
+    def __init__(self, brain: MemoryBrain | RemoteBrain) -> None:
         self.brain = brain
         self.situations: list[Situation] = []
         self.waiting: list[asyncio.Future[tuple[Decision, Key]]] = []
@@ -190,6 +192,9 @@ class DecisionBatch:
 
     def _flush(self) -> None:
         self.done = True
+        if isinstance(self.brain, RemoteBrain):
+            self.brain.decide_soon(self.situations).add_done_callback(self._answered)
+            return
         started = perf_counter()
         try:
             decided = self.brain.decide_many(self.situations)
@@ -203,6 +208,7 @@ class DecisionBatch:
                 future.set_result(result)
 
     def _one_by_one(self) -> None:
+        assert isinstance(self.brain, MemoryBrain)
         for future, situation in zip(self.waiting, self.situations, strict=True):
             if future.cancelled():
                 continue
@@ -211,13 +217,26 @@ class DecisionBatch:
             except Exception as error:  # answered to that request alone
                 future.set_exception(error)
 
+    def _answered(self, answer: asyncio.Future[tuple[float, list[Result]]]) -> None:
+        """The brain process's answer: each request's decision, or why it failed."""
+        error = answer.exception()
+        seconds, results = (0.0, [error] * len(self.waiting)) if error else answer.result()
+        self.seconds = seconds
+        for future, result in zip(self.waiting, results, strict=True):
+            if future.cancelled():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
 
 class LessonBatch:
     """Outcomes of one game stored in the same turn of the event loop: the brain learns them
     in one memory write at the end of the turn (``MemoryBrain.learn_keyed``); every caller
     awaits the memory's size after it."""
 
-    def __init__(self, brain: MemoryBrain) -> None:
+    def __init__(self, brain: MemoryBrain | RemoteBrain) -> None:
         self.brain = brain
         self.rows: list[tuple[Key, str, float, str]] = []
         loop = asyncio.get_running_loop()
@@ -230,10 +249,21 @@ class LessonBatch:
 
     def _flush(self) -> None:
         keys, moves, values, session_ids = zip(*self.rows, strict=True)
+        if isinstance(self.brain, RemoteBrain):
+            learnt = self.brain.learn_keyed_soon(keys, moves, values, session_ids)
+            learnt.add_done_callback(self._learnt)
+            return
         try:
             self.learnt.set_result(self.brain.learn_keyed(keys, moves, values, session_ids))
         except Exception as error:  # reaches every outcome of the batch
             self.learnt.set_exception(error)
+
+    def _learnt(self, answer: asyncio.Future[int]) -> None:
+        error = answer.exception()
+        if error is not None:
+            self.learnt.set_exception(error)
+        else:
+            self.learnt.set_result(answer.result())
 
 
 class RecentDecisions:
@@ -305,6 +335,9 @@ class Service:
         self.storage_failing = False
         """Whether the last decision commit failed for want of storage (decisions then wait
         for their commit, so they are answered ``unavailable`` until storage is back)."""
+        self.brain_host = BrainHost(on_lost=self._brains_lost) if settings.brain_process else None
+        """The brain process (None: brains live in this process)."""
+        self._rebuilding: asyncio.Task[None] | None = None
         writer = StorageWriter(storage, min_interval=COMMIT_INTERVAL, child_process=True)
         self.decision_writer: Committer = writer
         self.outcome_writer: Committer = writer
@@ -333,17 +366,45 @@ class Service:
                      game.brain.memory_size(), bundle.manifest.policy_version)
 
     def _replay(self, game: GameRuntime) -> int:
-        replayed = 0
-        for decision, outcome in self.storage.lessons(game.game_id):
-            situation = situation_from_json(decision.situation)
-            if not teach(game.brain, game.game_id, decision, outcome, situation):
-                continue
-            game.sessions.restore(decision.session_id, StoredLesson(
-                situation.player, decision.move, outcome.outcome, outcome.effectiveness_score,
-                decision.situation.get("habit_counts"), situation.boss.last_action,
-                decision.created_at))
-            replayed += 1
-        return replayed
+        lessons = [(decision, outcome, situation_from_json(decision.situation))
+                   for decision, outcome in self.storage.lessons(game.game_id)]
+        taught = teach_all(game.brain, game.game_id, lessons)
+        for (decision, outcome, situation), learnt in zip(lessons, taught, strict=True):
+            if learnt:
+                game.sessions.restore(decision.session_id, StoredLesson(
+                    situation.player, decision.move, outcome.outcome,
+                    outcome.effectiveness_score, decision.situation.get("habit_counts"),
+                    situation.boss.last_action, decision.created_at))
+        return sum(taught)
+
+    def new_brain(self, bundle: Bundle, game_id: str) -> BossBrain:
+        """A fresh brain of ``bundle`` for a game (in the brain process if there is one)."""
+        if self.brain_host is None:
+            return bundle.new_brain(seed=_seed(game_id))
+        return self.brain_host.new_brain(str(bundle.path), _seed(game_id))
+
+    def _brains_lost(self) -> None:
+        """The brain process died (on the event loop): start a new one, rebuild the brains."""
+        log.error("the brain process stopped: starting a new one and rebuilding every game's "
+                  "brain from storage; decisions are answered unavailable meanwhile")
+        self._rebuilding = asyncio.get_running_loop().create_task(self.rebuild_brains())
+
+    async def rebuild_brains(self) -> None:
+        """A new brain process, and every served game's brain made again in it from its bundle
+        and stored lessons (as at start; sessions and their profiles are kept)."""
+        assert self.brain_host is not None
+        await asyncio.to_thread(self.brain_host.restart)
+        for game in list(self.games.values()):
+            brain = await asyncio.to_thread(self._rebuilt_brain, game)
+            game.brain, game.decisions, game.lessons = brain, None, None
+        log.info("brain process restarted: %d game(s) rebuilt", len(self.games))
+
+    def _rebuilt_brain(self, game: GameRuntime) -> BossBrain:
+        brain = self.new_brain(game.bundle, game.game_id)
+        lessons = [(decision, outcome, situation_from_json(decision.situation))
+                   for decision, outcome in self.storage.lessons(game.game_id)]
+        teach_all(brain, game.game_id, lessons)
+        return brain
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Stop taking messages, let in-flight ones finish (outcomes committed and answered),
@@ -356,11 +417,13 @@ class Service:
         await asyncio.gather(*(c.drain(timeout) for c in open_now), return_exceptions=True)
 
     async def close(self) -> None:
-        """Drain, flush the writer(s), close storage."""
+        """Drain, flush the writer(s), close storage, stop the brain process."""
         await self.drain()
         await asyncio.to_thread(self.decision_writer.close)
         await asyncio.to_thread(self.outcome_writer.close)
         await asyncio.to_thread(self.storage.close)
+        if self.brain_host is not None:
+            self.brain_host.close()
 
     # --- games ------------------------------------------------------------------------------
 
@@ -382,7 +445,7 @@ class Service:
                           "--bundle PATH of a bundle exported for your game.")
 
     def _runtime(self, record: GameRecord, bundle: Bundle) -> GameRuntime:
-        brain, terms = new_game_brain(record, bundle)
+        brain, terms = new_game_brain(record, bundle, self.new_brain)
         return GameRuntime(record, bundle, brain, terms, Sessions(brain.boss_actions))
 
     def game(self, game_id: str) -> GameRuntime:
@@ -412,7 +475,7 @@ class Service:
         record = GameRecord(request.game_id, request.name, request.description, vocabulary,
                             bundle.manifest.name, hashed, time.time())
         await asyncio.to_thread(self.storage.add_game, record)
-        self.games[record.game_id] = self._runtime(record, bundle)
+        self.games[record.game_id] = await asyncio.to_thread(self._runtime, record, bundle)
         token, expires_in = issue_token(record.game_id, self.settings)
         log.info("game %s registered, served by %s", record.game_id,
                  bundle.manifest.policy_version)
@@ -575,8 +638,11 @@ class Service:
         """The brain learns one stored outcome (batched when it has the key); the memory's
         size after it."""
         brain = game.brain
-        if issued.key is None or not isinstance(brain, MemoryBrain):
-            return brain.learn(Lesson(issued.situation, issued.move, value, issued.session_id))
+        lesson = Lesson(issued.situation, issued.move, value, issued.session_id)
+        if isinstance(brain, RemoteBrain) and issued.key is None:
+            return await brain.learn_soon(lesson)
+        if issued.key is None or not isinstance(brain, (MemoryBrain, RemoteBrain)):
+            return brain.learn(lesson)
         batch = game.lessons
         if batch is None or batch.learnt.done() or batch.brain is not brain:
             batch = game.lessons = LessonBatch(brain)
@@ -635,7 +701,12 @@ class Service:
         }
 
 
-def new_game_brain(record: GameRecord, bundle: Bundle) -> tuple[BossBrain, GameTerms]:
+BrainMaker = Callable[[Bundle, str], BossBrain]
+"""Makes a fresh brain of a bundle for a game_id (``Service.new_brain``)."""
+
+
+def new_game_brain(record: GameRecord, bundle: Bundle,
+                   make_brain: BrainMaker) -> tuple[BossBrain, GameTerms]:
     """A fresh brain of ``bundle`` for a registered game (seeded by its id), and the game's
     terms (the bundle's vocabulary with the game's own names over it)."""
     manifest = bundle.manifest
@@ -643,7 +714,31 @@ def new_game_brain(record: GameRecord, bundle: Bundle) -> tuple[BossBrain, GameT
                   **{k: v for k, v in record.vocabulary.items() if v is not None}}
     terms = game_terms(vocabulary, manifest.observation["names"],
                        manifest.vocabulary["battle_phases"])
-    return bundle.new_brain(seed=_seed(record.game_id)), terms
+    return make_brain(bundle, record.game_id), terms
+
+
+REPLAY_CHUNK = 2000
+"""Stored lessons sent to the brain process in one call when replaying."""
+
+
+def teach_all(brain: BossBrain, game_id: str,
+              lessons: Sequence[tuple[DecisionRecord, OutcomeRecord, Situation]]) -> list[bool]:
+    """:func:`teach` every stored lesson in order (in chunks to a brain process); whether
+    each was learnt."""
+    if not isinstance(brain, RemoteBrain):
+        return [teach(brain, game_id, *lesson) for lesson in lessons]
+    learnt: list[bool] = []
+    for start in range(0, len(lessons), REPLAY_CHUNK):
+        chunk = lessons[start:start + REPLAY_CHUNK]
+        _, refused = brain.learn_many([
+            Lesson(situation, decision.move, outcome.effectiveness_score, decision.session_id)
+            for decision, outcome, situation in chunk])
+        for (decision, _, _), error in zip(chunk, refused, strict=True):
+            if error is not None:
+                log.warning("lesson %s of game %s skipped: %s", decision.action_id, game_id,
+                            error)
+            learnt.append(error is None)
+    return learnt
 
 
 def teach(brain: BossBrain, game_id: str, decision: DecisionRecord, outcome: OutcomeRecord,
@@ -665,7 +760,7 @@ async def _decide(game: GameRuntime,
     situation's memory key when the brain gives it, and the brain's time in seconds (for a
     batch: the whole batch's; the wait for the end of the turn is not counted)."""
     brain = game.brain
-    if not isinstance(brain, MemoryBrain):
+    if not isinstance(brain, (MemoryBrain, RemoteBrain)):
         started = perf_counter()
         return brain.decide(situation), None, perf_counter() - started
     batch = game.decisions
@@ -682,7 +777,7 @@ def classify(error: BaseException) -> tuple[str, str]:
         return error.code, error.message
     if isinstance(error, UnknownAction):
         return "unknown_action", str(error)
-    if isinstance(error, (StorageUnavailable, Unavailable)):
+    if isinstance(error, (StorageUnavailable, Unavailable, BrainsLost)):
         return "unavailable", str(error)
     return ("internal", f"the server failed to handle this message ({type(error).__name__}); "
             "it was logged. Nothing was stored for it: send it again, and report it if it "

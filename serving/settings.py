@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     bundles: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     """Exported policy bundles to serve (directories holding manifest.json); repeat --bundle
     for several, or give BOSSLAB_BUNDLES as a JSON list or comma-separated paths."""
+    brain_process: bool = True
+    """Run the games' brains (memory search, policy, memory writes) in a child process, on
+    another core than the event loop (false: in the server's own process)."""
     log_level: LogLevel = "INFO"
     """Lowest level logged: DEBUG, INFO, WARNING, ERROR or CRITICAL."""
     log_json: bool = True
