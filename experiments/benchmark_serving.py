@@ -1,7 +1,7 @@
 """Load benchmark of the real-time server: many sessions, a target decision rate, latencies.
 
     python -m experiments.benchmark_serving [--sessions 1000] [--rate 1000] [--duration 20]
-        [--clients 4] [--database sqlite:///PATH] [--bundle PATH]
+        [--clients 4] [--database sqlite:///PATH] [--bundle PATH] [--server-flag=FLAG ...]
 
 Starts ``python -m serving`` (SQLite in a temporary directory by default, a scripted bundle
 unless ``--bundle`` is given) on a free loopback port, registers a game, then starts
@@ -83,7 +83,7 @@ def start_server(args: argparse.Namespace, workdir: Path, port: int) -> subproce
     database = args.database or f"sqlite:///{workdir / 'serving.db'}"
     command = [sys.executable, "-m", "serving", "--bundle", str(bundle), "--port", str(port),
                "--database-url", database, "--log-level", "WARNING",
-               "--max-connections", str(args.sessions + 100)]
+               "--max-connections", str(args.sessions + 100), *args.server_flag]
     log = (workdir / "server.log").open("wb")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
@@ -249,6 +249,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def child_pids(pid: int) -> list[int]:
+    """The direct children of a process (the server's brain and storage processes)."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):  # each thread lists those it started
+        try:
+            children += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return children
+
+
+def cpu_by_process(pid: int) -> dict[int, float]:
+    """CPU seconds used so far by a process and by each of its children."""
+    return {p: cpu_seconds(p) for p in (pid, *child_pids(pid))}
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -282,6 +298,9 @@ def report(args: argparse.Namespace, parts: list[dict[str, Any]], before: dict[s
         ("server CPU per decision served (with its outcome)",
          f"{args.server_cpu * args.duration / max(1.0, served) * 1000:.3f} ms "
          f"({served / args.duration:.0f} decisions/s served)", ""),
+        ("server's child processes (brain, storage): CPU per decision",
+         " + ".join(f"{cpu * args.duration / max(1.0, served) * 1000:.3f}"
+                    for cpu in args.children_cpu) + " ms" if args.children_cpu else "none", ""),
         ("clients' CPU per decision (with its outcome)",
          f"{sum(p['cpu'] for p in parts) / max(1, len(decisions)) * 1000:.3f} ms", ""),
     ]
@@ -310,6 +329,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=4, help="client processes")
     parser.add_argument("--database", help="database URL (default: SQLite in a temp dir)")
     parser.add_argument("--bundle", type=Path, help="bundle to serve (default: scripted)")
+    parser.add_argument("--server-flag", action="append", default=[], metavar="FLAG",
+                        help="a flag for python -m serving, e.g. --server-flag=--no-brain-process")
     args = parser.parse_args(argv)
     if args.sessions < args.clients or args.rate <= 0 or args.duration <= 0:
         parser.error("need --sessions >= --clients, --rate > 0 and --duration > 0")
@@ -349,9 +370,13 @@ def run_load(args: argparse.Namespace, base: str, server_pid: int) -> None:
     timing[:] = [now + 0.5, now + 0.5 + args.warmup, now + 0.5 + args.warmup + args.duration]
     go.set()
     time.sleep(max(0.0, timing[1] - time.time()))
-    before, cpu_before = histogram(base), cpu_seconds(server_pid)
+    before, cpu_before = histogram(base), cpu_by_process(server_pid)
     time.sleep(max(0.0, timing[2] - time.time()))
-    args.server_cpu = (cpu_seconds(server_pid) - cpu_before) / args.duration
+    cpu_after = cpu_by_process(server_pid)
+    used = {pid: (cpu_after[pid] - cpu_before.get(pid, 0.0)) / args.duration
+            for pid in cpu_after}
+    args.server_cpu = used.pop(server_pid)
+    args.children_cpu = sorted(used.values(), reverse=True)
     after = histogram(base)
     parts = [results.get(timeout=args.duration + 120) for _ in processes]
     for process in processes:

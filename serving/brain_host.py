@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import multiprocessing
 import os
 import signal
@@ -34,8 +35,9 @@ import threading
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from multiprocessing.util import Finalize
 from time import perf_counter
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from envs.observation import Situation
 from serving.brain import Key, MemoryBrain, brain_for
@@ -86,6 +88,9 @@ class BrainHost:
         self._requests: Connection = requests_in
         self._answers: Connection = answers_out
         self._blocking_pipe: Connection = blocking_parent
+        # At interpreter exit multiprocessing joins its children; their pipes must end first.
+        for pipe in (requests_in, answers_out, blocking_parent):
+            Finalize(self, pipe.close, exitpriority=10)
         self.lost = False
         self.generation += 1
 
@@ -200,6 +205,10 @@ class RemoteBrain:
         self.policy_version = policy_version
         self.boss_actions: Sequence[str] = tuple(boss_actions)
         self._memory_size = memory_size
+        self._decisions: OneInFlight[Situation, tuple[float, list[Result]]] = OneInFlight(
+            self._send_decisions, _split_decisions)
+        self._lessons: OneInFlight[tuple[Key, str, float, str], int] = OneInFlight(
+            self._send_lessons, _split_size)
 
     def memory_size(self) -> int:
         return self._memory_size
@@ -235,16 +244,26 @@ class RemoteBrain:
 
     def decide_soon(self, situations: Sequence[Situation]) -> asyncio.Future[
             tuple[float, list[Result]]]:
-        """Decide situations as one batch: (the brain's seconds, one result each)."""
-        return self.host.call_soon("decide", self.handle, list(situations),
-                                   generation=self.generation)
+        """Decide situations in the child: (the brain's seconds for the batch they went in,
+        one result each). One batch is in flight at a time; situations asked for meanwhile
+        go together in the next."""
+        return self._decisions.ask(list(situations))
 
     def learn_keyed_soon(self, keys: Sequence[Key], moves: Sequence[str],
                          values: Sequence[float],
                          session_ids: Sequence[str]) -> asyncio.Future[int]:
-        """``MemoryBrain.learn_keyed`` in the child; resolves with the memory's size."""
-        future = self.host.call_soon("learn_keyed", self.handle, list(keys), list(moves),
-                                     list(values), list(session_ids), generation=self.generation)
+        """``MemoryBrain.learn_keyed`` in the child; resolves with the memory's size after
+        it. One write is in flight at a time; lessons given meanwhile go together in the next."""
+        return self._lessons.ask(list(zip(keys, moves, values, session_ids, strict=True)))
+
+    def _send_decisions(self, situations: list[Situation]) -> asyncio.Future[Any]:
+        return self.host.call_soon("decide", self.handle, situations,
+                                   generation=self.generation)
+
+    def _send_lessons(self, rows: list[tuple[Key, str, float, str]]) -> asyncio.Future[Any]:
+        keys, moves, values, session_ids = (list(column) for column in zip(*rows, strict=True))
+        future = self.host.call_soon("learn_keyed", self.handle, keys, moves, values,
+                                     session_ids, generation=self.generation)
         future.add_done_callback(self._sized)
         return future
 
@@ -256,6 +275,64 @@ class RemoteBrain:
         """Free the brain in the child (a reload replaced it); on the event loop."""
         done = self.host.call_soon("drop", self.handle, generation=self.generation)
         done.add_done_callback(lambda future: future.cancelled() or future.exception())
+
+
+Item = TypeVar("Item")
+Answer = TypeVar("Answer")
+
+
+class OneInFlight(Generic[Item, Answer]):
+    """Requests of one kind to one brain, one in flight at a time: the parts asked for while
+    one is in flight go together as the next request, so batches grow with the load and the
+    per-call costs (pipe, memory search, policy) are shared."""
+
+    def __init__(self, send: Callable[[list[Item]], asyncio.Future[Any]],
+                 split: Callable[[Any, list[int]], list[Answer]]) -> None:
+        self._send = send
+        self._split = split
+        self._queued: list[tuple[list[Item], asyncio.Future[Answer]]] = []
+        self._in_flight = False
+
+    def ask(self, items: list[Item]) -> asyncio.Future[Answer]:
+        """A future of this part's answer (``split`` cuts the request's answer in parts)."""
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._queued.append((items, future))
+        if not self._in_flight:
+            self._send_queued()
+        return future
+
+    def _send_queued(self) -> None:
+        parts, self._queued = self._queued, []
+        self._in_flight = True
+        answer = self._send([item for items, _ in parts for item in items])
+        answer.add_done_callback(lambda done: self._answered(done, parts))
+
+    def _answered(self, answer: asyncio.Future[Any],
+                  parts: list[tuple[list[Item], asyncio.Future[Answer]]]) -> None:
+        self._in_flight = False
+        if self._queued:
+            self._send_queued()
+        error = answer.exception()
+        answers = None if error else self._split(answer.result(), [len(i) for i, _ in parts])
+        for index, (_, future) in enumerate(parts):
+            if future.done():
+                continue
+            if answers is None:
+                future.set_exception(error or _lost())
+            else:
+                future.set_result(answers[index])
+
+
+def _split_decisions(answer: tuple[float, list[Result]],
+                     sizes: list[int]) -> list[tuple[float, list[Result]]]:
+    seconds, results = answer
+    starts = list(itertools.accumulate(sizes, initial=0))[:-1]
+    return [(seconds, results[start:start + size])
+            for start, size in zip(starts, sizes, strict=True)]
+
+
+def _split_size(size: int, sizes: list[int]) -> list[int]:
+    return [size] * len(sizes)
 
 
 # --- the child process ------------------------------------------------------------------------

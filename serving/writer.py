@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from multiprocessing.util import Finalize
 from typing import Any, Generic, TypeVar
 
 from serving.storage import (
@@ -295,6 +296,8 @@ class StorageProcess:
         process.start()
         child.close()
         self._connection, self._process = parent, process
+        # At interpreter exit multiprocessing joins its children; the pipe must end first.
+        Finalize(self, parent.close, exitpriority=10)
 
     def _stop(self, timeout: float | None = 5.0) -> None:
         if self._connection is not None:
