@@ -1,18 +1,23 @@
 """``serving.client`` against a real server: moves and outcomes, resending an outcome across a
-server crash and restart, reconnecting in the same session, refreshing an expired token."""
+server crash and restart, reconnecting in the same session, refreshing an expired token; and
+against a stand-in server that leaves requests unanswered: resending after a try times out."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
 
 from serving.auth import issue_token
 from serving.bundle import write_scripted_bundle
 from serving.client import BossClient, BossClientError, SyncBossClient
+from serving.protocol import MAX_REQUEST_ID
 from serving.settings import Settings
 from tests.server_helpers import CONTEXT, SECRET, ServerProcess, register, run, start_server
 
@@ -90,3 +95,67 @@ def test_sync_client(server: ServerProcess) -> None:
                                  battle_phase="late_battle")
         assert move["boss_action"]["boss_action"] in ("attack", "defend", "special_move")
         assert boss.report_outcome(move["action_id"], "partial", 0.5)["duplicate"] is False
+
+
+@asynccontextmanager
+async def deaf_server(unanswered: int, request_ids: list[str]) -> AsyncIterator[str]:
+    """A stand-in server that sends ``status``, leaves the first ``unanswered`` requests
+    unanswered and answers the rest with a heartbeat; records every request_id; yields its URL."""
+
+    async def session(ws: ServerConnection) -> None:
+        await ws.send(json.dumps({"type": "status", "data": {"session_id": "stub"}}))
+        async for frame in ws:
+            request_id = json.loads(frame)["request_id"]
+            request_ids.append(request_id)
+            if len(request_ids) > unanswered:
+                await ws.send(json.dumps({"type": "heartbeat", "request_id": request_id,
+                                          "data": {"server_time": 1.0}}))
+
+    async with serve(session, "127.0.0.1", 0) as server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+def test_an_unanswered_request_is_resent_after_its_try_timeout() -> None:
+    request_ids: list[str] = []
+
+    async def body() -> None:
+        async with deaf_server(2, request_ids) as url, BossClient(
+                url, "game", token="t", try_timeout=0.2, attempts=8,
+                base_backoff=0.001) as boss:
+            assert await boss.heartbeat() == {"server_time": 1.0}
+            assert boss.reconnects == 0 and not boss._pending
+
+    run(body())
+    assert len(request_ids) >= 3  # more only if an answer took longer than try_timeout
+    assert len(set(request_ids)) == len(request_ids)  # a fresh request_id per try
+
+
+def test_a_request_never_answered_fails_as_unavailable() -> None:
+    request_ids: list[str] = []
+
+    async def body() -> None:
+        async with deaf_server(100, request_ids) as url, BossClient(
+                url, "game", token="t", try_timeout=0.05, attempts=3,
+                base_backoff=0.001) as boss:
+            with pytest.raises(BossClientError) as unanswered:
+                await boss.heartbeat()
+            assert unanswered.value.code == "unavailable"
+            assert "after 3 tries (last: no answer within 0.05 s)" in unanswered.value.message
+            assert not boss._pending
+
+    run(body())
+
+
+def test_request_ids_are_unique_across_clients() -> None:
+    request_ids: list[str] = []
+
+    async def body() -> None:
+        async with deaf_server(0, request_ids) as url:
+            for _ in range(2):
+                async with BossClient(url, "game", token="t") as boss:
+                    for _ in range(3):
+                        await boss.heartbeat()
+
+    run(body())
+    assert len(set(request_ids)) == 6
+    assert all(0 < len(request_id) <= MAX_REQUEST_ID for request_id in request_ids)
