@@ -224,10 +224,12 @@ async def cpu_between(start: float, stop: float) -> float:
     return time.process_time() - used
 
 
-def client_process(*args: Any) -> None:
+def client_process(nice: int, *args: Any) -> None:
     """One client process: uvloop when installed (the server's own loop, with uvicorn's
-    ``standard`` extra), so the load generator leaves more of the shared cores to the server."""
+    ``standard`` extra), so the load generator leaves more of the shared cores to the server;
+    ``nice`` lowers its scheduling priority (``--client-nice``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(nice)
     try:
         import uvloop  # noqa: PLC0415 (optional)
     except ImportError:
@@ -311,7 +313,8 @@ def report(args: argparse.Namespace, parts: list[dict[str, Any]], before: dict[s
                          bucket_quantile(before[name], after[name], q), target))
     print(f"\n{args.sessions} sessions, {args.rate} decisions/s target, {args.duration:g} s "
           f"measured after {args.warmup:g} s warm-up, {args.clients} client processes, "
-          f"{os.cpu_count()} CPUs, load average before {args.load_before}")
+          f"{os.cpu_count()} CPUs, load average before {args.load_before}, clients at nice "
+          f"{args.client_nice}")
     print("| measure | value | target |\n|---|---|---|")
     for label, value, target in rows:
         print(f"| {label} | {value} | {target} |")
@@ -329,6 +332,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=4, help="client processes")
     parser.add_argument("--database", help="database URL (default: SQLite in a temp dir)")
     parser.add_argument("--bundle", type=Path, help="bundle to serve (default: scripted)")
+    parser.add_argument("--client-nice", type=int, default=0, metavar="N",
+                        help="run the client processes at this niceness (0-19): they share "
+                             "the server's cores here, unlike real game clients")
     parser.add_argument("--server-flag", action="append", default=[], metavar="FLAG",
                         help="a flag for python -m serving, e.g. --server-flag=--no-brain-process")
     args = parser.parse_args(argv)
@@ -361,7 +367,8 @@ def run_load(args: argparse.Namespace, base: str, server_pid: int) -> None:
     shares = [args.sessions // args.clients + (i < args.sessions % args.clients)
               for i in range(args.clients)]
     processes = [context.Process(target=client_process, args=(
-        base, game, share, interval, ready, go, timing, results)) for share in shares]
+        args.client_nice, base, game, share, interval, ready, go, timing, results))
+        for share in shares]
     for process in processes:
         process.start()
     for _ in processes:

@@ -58,6 +58,7 @@ class BrainHost:
     def __init__(self, on_lost: Callable[[], None] | None = None) -> None:
         self.on_lost = on_lost
         self.lost = False
+        self.closed = False
         self.generation = 0
         """Counts the children started: a brain made in an earlier one is gone."""
         self._context = multiprocessing.get_context("spawn")  # no fork of a threaded server
@@ -96,12 +97,15 @@ class BrainHost:
 
     def restart(self) -> None:
         """A new, empty child (after the old one died); brains must be made again."""
-        self.close()
-        self._waiting.clear()
+        self._stop()
         self._start()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the child (idempotent)."""
+        """Stop the child for good (idempotent): later calls fail, nothing is restarted."""
+        self.closed = True
+        self._stop(timeout)
+
+    def _stop(self, timeout: float = 10.0) -> None:
         if self._loop is not None:
             self._loop.remove_reader(self._answers.fileno())
             self._loop = None
@@ -125,7 +129,7 @@ class BrainHost:
         """Send one request on the blocking pipe and wait for its answer (any thread); raises
         :class:`BrainsLost` if the child died, or is not the one of ``generation``."""
         with self._blocking_lock:
-            if self.lost or generation not in (None, self.generation):
+            if self.lost or self.closed or generation not in (None, self.generation):
                 raise _lost()
             try:
                 self._blocking_pipe.send(request)
@@ -141,7 +145,7 @@ class BrainHost:
         (fails with :class:`BrainsLost` if the child is not the one of ``generation``)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        if self.lost or generation != self.generation:
+        if self.lost or self.closed or generation != self.generation:
             future.set_exception(_lost())
             return future
         if self._loop is None:
@@ -172,7 +176,7 @@ class BrainHost:
             future.set_result(answer)
 
     def _child_lost(self) -> None:
-        if self.lost:
+        if self.lost or self.closed:
             return
         self.lost = True
         if self._loop is not None:

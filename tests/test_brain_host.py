@@ -195,3 +195,21 @@ def test_the_setting_keeps_brains_in_the_servers_process(tmp_path: Path) -> None
         run(body())
     finally:
         server.stop()
+
+
+def test_a_closed_host_refuses_calls_and_starts_nothing(bundle_path: Path) -> None:
+    lost: list[bool] = []
+    host = BrainHost(on_lost=lambda: lost.append(True))
+    remote = host.new_brain(str(bundle_path), SEED)
+    situations = random_situations(2)
+
+    async def body() -> None:
+        await remote.decide_soon(situations)
+        host.close()
+        with pytest.raises(BrainsLost):
+            await remote.decide_soon(situations)
+
+    run(body())
+    with pytest.raises(BrainsLost):
+        remote.decide(situations[0])
+    assert lost == [] and host.generation == 1
