@@ -1,14 +1,15 @@
 """Load benchmark of the real-time server: many sessions, a target decision rate, latencies.
 
     python -m experiments.benchmark_serving [--sessions 1000] [--rate 1000] [--duration 20]
-        [--clients 4] [--database sqlite:///PATH] [--bundle PATH] [--server-flag=FLAG ...]
+        [--clients 4] [--client raw|boss] [--database sqlite:///PATH] [--bundle PATH]
+        [--server-flag=FLAG ...]
 
 Starts ``python -m serving`` (SQLite in a temporary directory by default, a scripted bundle
 unless ``--bundle`` is given) on a free loopback port, registers a game, then starts
-``--clients`` client processes holding ``--sessions`` WebSocket sessions between them
-(``serving.client.BossClient``). Every session asks for a move and then reports its outcome
-on a fixed schedule, so the total is ``--rate`` decisions/s (and as many outcomes/s). After
-``--warmup`` seconds it measures for ``--duration`` seconds and prints:
+``--clients`` client processes holding ``--sessions`` WebSocket sessions between them. Every
+session asks for a move and then reports its outcome on a fixed schedule, so the total is
+``--rate`` decisions/s (and as many outcomes/s). After ``--warmup`` seconds it measures for
+``--duration`` seconds and prints:
 
 - decisions/s achieved, end-to-end latency (client send -> response received) p50/p99/max,
   the outcome round trip p50/p99, errors;
@@ -16,9 +17,23 @@ on a fixed schedule, so the total is ``--rate`` decisions/s (and as many outcome
   the brain's decision, the time from a decision to its group commit (the answer does not wait
   for it), the whole request and the outcome (which waits for its commit).
 
+``--client`` picks the sessions: ``raw`` (the default) is
+``experiments.load_clients.LeanSession``, an ``asyncio.Protocol`` over the ``websockets``
+library's sans-I/O protocol, one try per message; ``boss`` is ``serving.client.BossClient``,
+the client games use (retries, reconnects, a heartbeat every 10 s). The default is the lean
+one because this is a load generator running on the server's own cores: every millisecond of
+CPU the clients burn is taken from the server under test and shows up in its latencies, while
+real game clients run on other machines. On this 2-core VM at 1,000 decisions/s, with 4
+client processes, BossClient burns about 0.47 ms of CPU per decision with its outcome (a
+quarter of the machine) and the lean session about 0.39 ms. Most of what is left is not
+Python: a client process is woken about three times a decision (the session's tick, the
+answer, the learning_update) and a wake-up alone costs 50-150 us of CPU here, whatever the
+client; fewer ``--clients`` processes share more of those wake-ups.
+
 Targets on 2 cores: 1,000 concurrent sessions held open; at 1,000 decisions/s end-to-end p99
-under 10 ms and server decision p99 under 2 ms; no errors. This script imports ``serving``
-and the standard library only.
+under 10 ms and server decision p99 under 2 ms; no errors. This script imports ``serving``,
+``experiments.load_clients`` (on ``websockets``, which ``serving`` needs) and the standard
+library only.
 """
 
 from __future__ import annotations
@@ -37,10 +52,12 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from experiments.load_clients import LeanSession
 from serving.client import BossClient
 
 CONTEXT = {"frequent_actions": ["light_attack", "dodge"], "dodge_frequency": 0.6,
@@ -48,6 +65,7 @@ CONTEXT = {"frequent_actions": ["light_attack", "dodge"], "dodge_frequency": 0.6
            "health_percentage": 0.7, "difficulty_preference": "normal",
            "session_duration": 20.0, "recent_deaths": 2, "equipment_level": 5}
 STYLES = ("aggressive", "defensive", "balanced", "evasive")
+Session = BossClient | LeanSession
 HISTOGRAMS = {"decision (brain)": "bosslab_decision_seconds",
               "decision to its commit (not waited for)": "bosslab_decision_store_seconds",
               "request (frame to answer)": "bosslab_request_seconds",
@@ -153,28 +171,49 @@ class Tally:
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
 
-async def open_sessions(base: str, game: dict[str, Any], count: int,
-                        tally: Tally) -> list[BossClient]:
-    gate = asyncio.Semaphore(25)
+async def open_boss_client(base: str, game: dict[str, Any], session_id: str) -> BossClient:
+    client = BossClient(base, game["game_id"], token=game["access_token"],
+                        session_id=session_id, try_timeout=5.0, heartbeat_interval=10.0)
+    await client.connect()
+    return client
 
-    async def one(index: int) -> BossClient | None:
-        client = BossClient(base, game["game_id"], token=game["access_token"],
-                            session_id=f"s{os.getpid()}-{index}", try_timeout=5.0,
-                            heartbeat_interval=10.0)
+
+async def open_lean_session(base: str, game: dict[str, Any], session_id: str) -> LeanSession:
+    return await LeanSession.open(base, game["game_id"], game["access_token"],
+                                  session_id=session_id, try_timeout=5.0, heartbeat_interval=10.0)
+
+
+OPENERS: dict[str, Callable[[str, dict[str, Any], str], Awaitable[Session]]] = {
+    "raw": open_lean_session, "boss": open_boss_client}
+"""``--client``: how to open one session."""
+
+
+async def open_sessions(base: str, game: dict[str, Any], count: int, tally: Tally,
+                        client_kind: str = "raw") -> list[Session]:
+    gate = asyncio.Semaphore(25)
+    opener = OPENERS[client_kind]
+
+    async def one(index: int) -> Session | None:
         async with gate:
             try:
-                await client.connect()
+                return await opener(base, game, f"s{os.getpid()}-{index}")
             except Exception as error:  # counted, reported
                 tally.error(f"connect: {type(error).__name__}")
                 return None
-        return client
 
-    clients = [c for c in await asyncio.gather(*(one(i) for i in range(count))) if c]
-    tally.connected = len(clients)
-    return clients
+    sessions = [s for s in await asyncio.gather(*(one(i) for i in range(count))) if s]
+    tally.connected = len(sessions)
+    return sessions
 
 
-async def play(client: BossClient, interval: float, start: float, measure_from: float,
+def held_open(session: Session) -> bool:
+    """Connected at the start and never lost since."""
+    if isinstance(session, BossClient):
+        return bool(session.status) and session.reconnects == 0
+    return session.is_open
+
+
+async def play(client: Session, interval: float, start: float, measure_from: float,
                stop_at: float, tally: Tally) -> None:
     """One session: a move, then its outcome, every ``interval`` seconds."""
     rng = random.Random()
@@ -197,10 +236,10 @@ async def play(client: BossClient, interval: float, start: float, measure_from: 
         tick += interval
 
 
-async def client_main(base: str, game: dict[str, Any], sessions: int, interval: float,
-                      ready: Any, go: Any, timing: Any, results: Any) -> None:
+async def client_main(client_kind: str, base: str, game: dict[str, Any], sessions: int,
+                      interval: float, ready: Any, go: Any, timing: Any, results: Any) -> None:
     tally = Tally()
-    clients = await open_sessions(base, game, sessions, tally)
+    clients = await open_sessions(base, game, sessions, tally, client_kind)
     gc.collect()
     gc.freeze()  # no full-heap collection pauses in the measurement
     ready.release()
@@ -209,7 +248,7 @@ async def client_main(base: str, game: dict[str, Any], sessions: int, interval: 
     cpu = asyncio.create_task(cpu_between(measure_from, stop_at))
     await asyncio.gather(*(play(c, interval, start, measure_from, stop_at, tally)
                            for c in clients))
-    still_open = sum(1 for c in clients if c.status and c.reconnects == 0)
+    still_open = sum(1 for c in clients if held_open(c))
     await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
     results.put({"decisions": tally.decisions, "outcomes": tally.outcomes,
                  "errors": tally.errors, "connected": tally.connected,
@@ -312,7 +351,8 @@ def report(args: argparse.Namespace, parts: list[dict[str, Any]], before: dict[s
             rows.append((f"server {label} p{int(q * 100)}",
                          bucket_quantile(before[name], after[name], q), target))
     print(f"\n{args.sessions} sessions, {args.rate} decisions/s target, {args.duration:g} s "
-          f"measured after {args.warmup:g} s warm-up, {args.clients} client processes, "
+          f"measured after {args.warmup:g} s warm-up, {args.clients} client processes "
+          f"(--client {args.client}), "
           f"{os.cpu_count()} CPUs, load average before {args.load_before}, clients at nice "
           f"{args.client_nice}")
     print("| measure | value | target |\n|---|---|---|")
@@ -330,6 +370,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds measured")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--clients", type=int, default=4, help="client processes")
+    parser.add_argument("--client", choices=sorted(OPENERS), default="raw",
+                        help="the sessions: raw (lean, the default) or boss (BossClient)")
     parser.add_argument("--database", help="database URL (default: SQLite in a temp dir)")
     parser.add_argument("--bundle", type=Path, help="bundle to serve (default: scripted)")
     parser.add_argument("--client-nice", type=int, default=0, metavar="N",
@@ -367,7 +409,7 @@ def run_load(args: argparse.Namespace, base: str, server_pid: int) -> None:
     shares = [args.sessions // args.clients + (i < args.sessions % args.clients)
               for i in range(args.clients)]
     processes = [context.Process(target=client_process, args=(
-        args.client_nice, base, game, share, interval, ready, go, timing, results))
+        args.client_nice, args.client, base, game, share, interval, ready, go, timing, results))
         for share in shares]
     for process in processes:
         process.start()
