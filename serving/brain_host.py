@@ -64,7 +64,7 @@ class BrainHost:
         self.generation = 0
         """Counts the children started: a brain made in an earlier one is gone."""
         self._context = multiprocessing.get_context("spawn")  # no fork of a threaded server
-        self._handles = 0
+        self._handles = itertools.count(1)
         self._blocking_lock = threading.Lock()
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -99,6 +99,8 @@ class BrainHost:
 
     def restart(self) -> None:
         """A new, empty child (after the old one died); brains must be made again."""
+        if self.closed:
+            raise _lost()
         self._stop()
         self._start()
 
@@ -123,9 +125,11 @@ class BrainHost:
 
     def new_brain(self, bundle_path: str, seed: int) -> RemoteBrain:
         """A fresh brain of the bundle at ``bundle_path`` in the child (``bundle.new_brain``)."""
-        self._handles += 1
-        version, actions, size = self.call_blocking("new", self._handles, bundle_path, seed)
-        return RemoteBrain(self, self._handles, version, actions, size, self.generation)
+        handle = next(self._handles)  # one counter for every thread that makes brains
+        generation = self.generation
+        version, actions, size = self.call_blocking("new", handle, bundle_path, seed,
+                                                    generation=generation)
+        return RemoteBrain(self, handle, version, actions, size, generation)
 
     def call_blocking(self, *request: Any, generation: int | None = None) -> Any:
         """Send one request on the blocking pipe and wait for its answer (any thread); raises

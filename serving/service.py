@@ -89,6 +89,8 @@ each commit carries every decision and outcome of the interval, so its cost is s
 outcome's answer waits for its commit: short. (A decision's does not, unless storage fails.)"""
 LOST_SESSION = "unknown"
 """The session_id of a stand-in decision (outcomes do not name their session)."""
+REBUILD_MAX_DELAY = 30.0
+"""Seconds between two tries at most when rebuilding the brains fails (storage down...)."""
 RECENT_DECISIONS = 50_000
 """Decisions kept in memory until their outcome arrives (older ones are read from storage)."""
 
@@ -392,12 +394,24 @@ class Service:
     async def rebuild_brains(self) -> None:
         """A new brain process, and every served game's brain made again in it from its bundle
         and stored lessons (as at start; sessions and their profiles are kept)."""
-        assert self.brain_host is not None
-        await asyncio.to_thread(self.brain_host.restart)
-        for game in list(self.games.values()):
-            brain = await asyncio.to_thread(self._rebuilt_brain, game)
-            game.brain, game.decisions, game.lessons = brain, None, None
-        log.info("brain process restarted: %d game(s) rebuilt", len(self.games))
+        host = self.brain_host
+        assert host is not None
+        for attempt in itertools.count():
+            try:
+                await asyncio.to_thread(host.restart)
+                for game in list(self.games.values()):
+                    brain = await asyncio.to_thread(self._rebuilt_brain, game)
+                    game.brain, game.decisions, game.lessons = brain, None, None
+            except (BrainsLost, StorageUnavailable) as error:
+                if host.closed:
+                    return
+                delay = min(REBUILD_MAX_DELAY, 2.0 ** attempt)
+                log.error("rebuilding the brains failed (%s): trying again in %.0f s", error,
+                          delay)
+                await asyncio.sleep(delay)
+                continue
+            log.info("brain process restarted: %d game(s) rebuilt", len(self.games))
+            return
 
     def _rebuilt_brain(self, game: GameRuntime) -> BossBrain:
         brain = self.new_brain(game.bundle, game.game_id)
@@ -422,6 +436,8 @@ class Service:
         await asyncio.to_thread(self.decision_writer.close)
         await asyncio.to_thread(self.outcome_writer.close)
         await asyncio.to_thread(self.storage.close)
+        if self._rebuilding is not None:
+            self._rebuilding.cancel()
         if self.brain_host is not None:
             self.brain_host.close()
 
