@@ -33,7 +33,6 @@ one server run one at a time.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,14 +43,14 @@ from weakref import WeakKeyDictionary
 from serving.brain_host import RemoteBrain
 from serving.bundle import Bundle, load_bundle
 from serving.decisions import BossBrain
-from serving.protocol import GameTerms, server_time, situation_from_json
+from serving.protocol import GameTerms, server_time
 from serving.service import (
     BrainMaker,
     GameRuntime,
     RecentDecisions,
     Service,
     new_game_brain,
-    teach_all,
+    replay_lessons,
 )
 from serving.storage import Storage
 
@@ -182,15 +181,6 @@ def _brain_for(storage: Storage, bundle: Bundle, game: GameRuntime,
         if added == 0:
             break
     return brain, terms, replayed
-
-
-def replay_lessons(storage: Storage, game_id: str, brain: BossBrain, skip: int = 0) -> int:
-    """Teach ``brain`` the stored lessons of a game after the first ``skip``, in storage
-    order; returns how many were read (a lesson the brain refuses is logged and skipped)."""
-    lessons = [(decision, outcome, situation_from_json(decision.situation))
-               for decision, outcome in itertools.islice(storage.lessons(game_id), skip, None)]
-    teach_all(brain, game_id, lessons)
-    return len(lessons)
 
 
 def install(service: Service, bundle: Bundle, fresh: Mapping[str, FreshBrain]) -> tuple[str, ...]:

@@ -368,8 +368,7 @@ class Service:
                      game.brain.memory_size(), bundle.manifest.policy_version)
 
     def _replay(self, game: GameRuntime) -> int:
-        lessons = [(decision, outcome, situation_from_json(decision.situation))
-                   for decision, outcome in self.storage.lessons(game.game_id)]
+        lessons = stored_lessons(self.storage, game.game_id)
         taught = teach_all(game.brain, game.game_id, lessons)
         for (decision, outcome, situation), learnt in zip(lessons, taught, strict=True):
             if learnt:
@@ -415,9 +414,7 @@ class Service:
 
     def _rebuilt_brain(self, game: GameRuntime) -> BossBrain:
         brain = self.new_brain(game.bundle, game.game_id)
-        lessons = [(decision, outcome, situation_from_json(decision.situation))
-                   for decision, outcome in self.storage.lessons(game.game_id)]
-        teach_all(brain, game.game_id, lessons)
+        replay_lessons(self.storage, game.game_id, brain)
         return brain
 
     async def drain(self, timeout: float = 10.0) -> None:
@@ -733,12 +730,29 @@ def new_game_brain(record: GameRecord, bundle: Bundle,
     return make_brain(bundle, record.game_id), terms
 
 
+StoredLessons = list[tuple[DecisionRecord, OutcomeRecord, Situation]]
+
+
+def stored_lessons(storage: Storage, game_id: str, skip: int = 0) -> StoredLessons:
+    """A game's stored lessons after the first ``skip``, in storage order, with their
+    situations."""
+    return [(decision, outcome, situation_from_json(decision.situation))
+            for decision, outcome in itertools.islice(storage.lessons(game_id), skip, None)]
+
+
+def replay_lessons(storage: Storage, game_id: str, brain: BossBrain, skip: int = 0) -> int:
+    """Teach ``brain`` the stored lessons of a game after the first ``skip``, in storage
+    order; returns how many were read (a lesson the brain refuses is logged and skipped)."""
+    lessons = stored_lessons(storage, game_id, skip)
+    teach_all(brain, game_id, lessons)
+    return len(lessons)
+
+
 REPLAY_CHUNK = 2000
 """Stored lessons sent to the brain process in one call when replaying."""
 
 
-def teach_all(brain: BossBrain, game_id: str,
-              lessons: Sequence[tuple[DecisionRecord, OutcomeRecord, Situation]]) -> list[bool]:
+def teach_all(brain: BossBrain, game_id: str, lessons: StoredLessons) -> list[bool]:
     """:func:`teach` every stored lesson in order (in chunks to a brain process); whether
     each was learnt."""
     if not isinstance(brain, RemoteBrain):
