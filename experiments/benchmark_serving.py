@@ -44,6 +44,7 @@ import gc
 import json
 import multiprocessing as mp
 import os
+import platform
 import random
 import signal
 import socket
@@ -353,8 +354,8 @@ def report(args: argparse.Namespace, parts: list[dict[str, Any]], before: dict[s
     print(f"\n{args.sessions} sessions, {args.rate} decisions/s target, {args.duration:g} s "
           f"measured after {args.warmup:g} s warm-up, {args.clients} client processes "
           f"(--client {args.client}), "
-          f"{os.cpu_count()} CPUs, load average before {args.load_before}, clients at nice "
-          f"{args.client_nice}")
+          f"{os.cpu_count()} CPUs ({platform.system()} {platform.release()}), load average "
+          f"before {args.load_before}, clients at nice {args.client_nice}")
     print("| measure | value | target |\n|---|---|---|")
     for label, value, target in rows:
         print(f"| {label} | {value} | {target} |")
