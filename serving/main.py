@@ -84,6 +84,8 @@ def start_service(settings: Settings, bundles: Sequence[Bundle] | None,
         service.decision_writer.close()
         service.outcome_writer.close()
         storage.close()
+        if service.brain_host is not None:
+            service.brain_host.close()
         raise
     return service
 

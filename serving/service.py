@@ -5,7 +5,8 @@ Decision path (:meth:`Service.decide`), under the session's lock so moves count 
 request -> checked against the game's terms -> :class:`envs.observation.Situation` (the
 request plus the session's boss state: last move, habits) -> ``brain.decide_many`` with the
 other requests of the game in the same turn of the event loop (:class:`DecisionBatch`: one
-embedding, memory search and policy call for all) -> the move and the situation's memory key,
+embedding, memory search and policy call for all; in the brain process of
+:mod:`serving.brain_host` unless ``--no-brain-process``) -> the move and the situation's memory key,
 kept for learning (one embedding per decision) -> a fresh signed ``action_id``
 (:class:`ActionIds`) -> the decision is queued for the next group commit of the
 :class:`serving.writer.StorageWriter` (in its child process) and answered without waiting for
@@ -24,7 +25,9 @@ are learnt in one memory write (:class:`LessonBatch`). A duplicate changes nothi
 ``duplicate: true``.
 
 At start (:meth:`Service.start`) every registered game gets a fresh brain from its bundle, and
-every stored lesson is replayed through ``brain.learn`` and into the session profiles.
+every stored lesson is replayed through ``brain.learn`` and into the session profiles. If the
+brain process dies, :meth:`Service.rebuild_brains` does the same for the brains alone in a new
+one (requests in the gap are answered ``unavailable``).
 """
 
 from __future__ import annotations

@@ -68,6 +68,12 @@ def server(tmp_path: Path) -> Iterator[ThreadServer]:
     running.stop()
 
 
+def decisions_committed(service: Any) -> float:
+    """Decisions whose group commit is over (the count of the store-time histogram)."""
+    return sum(sample.value for metric in service.metrics.store_seconds.collect()
+               for sample in metric.samples if sample.name.endswith("_count"))
+
+
 def test_storage_down_answers_unavailable_and_loses_nothing(server: ThreadServer) -> None:
     """Decisions are answered before their commit: the first one after storage fails is
     answered and lost; from then on requests and outcomes hear ``unavailable`` until storage
@@ -78,6 +84,10 @@ def test_storage_down_answers_unavailable_and_loses_nothing(server: ThreadServer
     async def body() -> None:
         ws, _ = await connect(server.ws_url, game)
         move = (await ask(ws, "boss_action_request", move_request()))["data"]
+        for _ in range(200):  # its commit is over (else its success could come last)
+            if decisions_committed(service) >= 1:
+                break
+            await asyncio.sleep(0.02)
         real = (service.storage, service.decision_writer, service.outcome_writer)
         down = DownStorage()
         service.storage = down
