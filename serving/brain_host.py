@@ -405,13 +405,10 @@ and their memory keys as the rows of one array (one array pickles much faster th
 
 
 def decide_batch(brain: MemoryBrain, situations: Sequence[Situation]) -> Decided:
-    """The brain's seconds for the batch, and each situation's decision and key (or error):
-    ``decide_many`` at once, or one by one when that fails, so a bad one fails only itself."""
+    """:func:`decide_each` in the form sent back to the event loop, with the brain's seconds."""
     started = perf_counter()
-    try:
-        results: list[Result] = list(brain.decide_many(situations))
-    except Exception:
-        results = [_decide_one(brain, situation) for situation in situations]
+    results = [r if not isinstance(r, Exception) else _picklable(r)
+               for r in decide_each(brain, situations)]
     keys = np.zeros((len(results), brain.reader.embedder.dim), dtype=np.float32)
     for row, result in enumerate(results):
         if not isinstance(result, BaseException):
@@ -427,11 +424,20 @@ def results_of(answer: Decided) -> list[Result]:
             for row, d in enumerate(decisions)]
 
 
+def decide_each(brain: MemoryBrain, situations: Sequence[Situation]) -> list[Result]:
+    """Each situation's decision and key, or its error: ``decide_many`` at once, or one by one
+    when that fails, so a bad one fails only itself."""
+    try:
+        return list(brain.decide_many(situations))
+    except Exception:
+        return [_decide_one(brain, situation) for situation in situations]
+
+
 def _decide_one(brain: MemoryBrain, situation: Situation) -> Result:
     try:
         return brain.decide_keyed(situation)
     except Exception as error:  # answered to that request alone
-        return _picklable(error)
+        return error
 
 
 def learn_lessons(brain: MemoryBrain,

@@ -53,7 +53,7 @@ from typing import Any, NamedTuple, Protocol
 from envs.observation import Situation
 from serving.auth import AuthError, check_api_key, hash_api_key, issue_token, new_api_key
 from serving.brain import Key, MemoryBrain
-from serving.brain_host import BrainHost, BrainsLost, RemoteBrain, Result
+from serving.brain_host import BrainHost, BrainsLost, RemoteBrain, Result, decide_each
 from serving.bundle import Bundle
 from serving.decisions import BossBrain, Decision, Lesson
 from serving.limits import ConnectionLimit
@@ -201,31 +201,16 @@ class DecisionBatch:
             self.brain.decide_soon(self.situations).add_done_callback(self._answered)
             return
         started = perf_counter()
-        try:
-            decided = self.brain.decide_many(self.situations)
-        except Exception:  # retried one by one: only the bad ones fail
-            self._one_by_one()
-            return
-        finally:
-            self.seconds = perf_counter() - started
-        for future, result in zip(self.waiting, decided, strict=True):
-            if not future.cancelled():
-                future.set_result(result)
-
-    def _one_by_one(self) -> None:
-        assert isinstance(self.brain, MemoryBrain)
-        for future, situation in zip(self.waiting, self.situations, strict=True):
-            if future.cancelled():
-                continue
-            try:
-                future.set_result(self.brain.decide_keyed(situation))
-            except Exception as error:  # answered to that request alone
-                future.set_exception(error)
+        results = decide_each(self.brain, self.situations)
+        self._deliver(perf_counter() - started, results)
 
     def _answered(self, answer: asyncio.Future[tuple[float, list[Result]]]) -> None:
         """The brain process's answer: each request's decision, or why it failed."""
         error = answer.exception()
-        seconds, results = (0.0, [error] * len(self.waiting)) if error else answer.result()
+        self._deliver(*((0.0, [error] * len(self.waiting)) if error else answer.result()))
+
+    def _deliver(self, seconds: float, results: list[Result]) -> None:
+        """Each request's decision and key, or why it failed."""
         self.seconds = seconds
         for future, result in zip(self.waiting, results, strict=True):
             if future.cancelled():
