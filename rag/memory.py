@@ -398,12 +398,17 @@ class EpisodicMemory:
                               self._entries.column("ids")[mine])
 
     def _persona_code_array(self, personas: np.ndarray) -> np.ndarray:
+        """Each persona's code; a new tag gets the next code (O(batch), whatever the number
+        of tags already known: a server tags entries with every session id it ever saw)."""
         tags, inverse = np.unique(personas, return_inverse=True)
-        for tag in tags:
-            self._persona_codes.setdefault(str(tag), len(self._persona_codes))
-        self._persona_tags = list(self._persona_codes)
-        codes = np.asarray([self._persona_codes[str(tag)] for tag in tags], dtype=np.int32)
-        return codes[inverse.reshape(-1)] if len(tags) else np.zeros(0, dtype=np.int32)
+        codes = np.empty(len(tags), dtype=np.int32)
+        for row, tag in enumerate(tags.tolist()):
+            code = self._persona_codes.get(tag)
+            if code is None:
+                code = self._persona_codes[tag] = len(self._persona_tags)
+                self._persona_tags.append(tag)
+            codes[row] = code
+        return codes[inverse.reshape(-1)]
 
     # Reading (callers hold the read lock).
 
