@@ -2,10 +2,11 @@
 
     python -m experiments.benchmark_serving [--sessions 1000] [--rate 1000] [--duration 20]
         [--clients 4] [--client raw|boss] [--database sqlite:///PATH] [--bundle PATH]
-        [--server-flag=FLAG ...]
+        [--memory-entries N] [--server-flag=FLAG ...]
 
 Starts ``python -m serving`` (SQLite in a temporary directory by default, a scripted bundle
-unless ``--bundle`` is given) on a free loopback port, registers a game, then starts
+unless ``--bundle`` is given, its memory empty or already holding ``--memory-entries``
+lessons) on a free loopback port, registers a game, then starts
 ``--clients`` client processes holding ``--sessions`` WebSocket sessions between them. Every
 session asks for a move and then reports its outcome on a fixed schedule, so the total is
 ``--rate`` decisions/s (and as many outcomes/s). After ``--warmup`` seconds it measures for
@@ -96,9 +97,7 @@ def http(method: str, url: str, body: dict[str, Any] | None = None,
 
 
 def start_server(args: argparse.Namespace, workdir: Path, port: int) -> subprocess.Popen[bytes]:
-    from serving.bundle import write_scripted_bundle  # noqa: PLC0415 (not in the clients)
-
-    bundle = args.bundle or write_scripted_bundle(workdir / "bundle")
+    bundle = args.bundle or scripted_bundle(workdir / "bundle", args.memory_entries)
     database = args.database or f"sqlite:///{workdir / 'serving.db'}"
     command = [sys.executable, "-m", "serving", "--bundle", str(bundle), "--port", str(port),
                "--database-url", database, "--log-level", "WARNING",
@@ -117,6 +116,35 @@ def start_server(args: argparse.Namespace, workdir: Path, port: int) -> subproce
         time.sleep(0.1)
     process.kill()
     raise SystemExit("the server did not start within 60 s")
+
+
+def scripted_bundle(directory: Path, entries: int) -> Path:
+    """The scripted bundle served by default, its memory already holding ``entries`` lessons
+    of sessions like the benchmark's (a server that has learnt for a while)."""
+    from envs.observation import BossState  # noqa: PLC0415 (not in the clients)
+    from serving.brain import MemoryBrain  # noqa: PLC0415
+    from serving.bundle import load_bundle, write_bundle, write_scripted_bundle  # noqa: PLC0415
+    from serving.protocol import BossActionRequest, to_situation  # noqa: PLC0415
+
+    empty = write_scripted_bundle(directory.with_name(directory.name + "-empty"))
+    if not entries:
+        return empty
+    bundle = load_bundle(empty)
+    brain = bundle.new_brain()
+    assert isinstance(brain, MemoryBrain)
+    rng = random.Random(0)
+    for start in range(0, entries, 5000):
+        size = min(5000, entries - start)
+        situations = [to_situation(BossActionRequest.model_validate({
+            "player_context": {**CONTEXT, "movement_style": rng.choice(STYLES),
+                               "dodge_frequency": rng.random(),
+                               "health_percentage": rng.random()},
+            "boss_health_percentage": rng.random(), "battle_phase": "early_battle"}),
+            BossState()) for _ in range(size)]
+        brain.learn_keyed([brain.key_of(s) for s in situations],
+                          [rng.choice(brain.boss_actions) for _ in range(size)],
+                          [rng.random() for _ in range(size)], [f"prefill-{start}"] * size)
+    return write_bundle(directory, bundle.manifest, brain.reader.memory)
 
 
 def register(base: str) -> dict[str, Any]:
@@ -375,6 +403,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the sessions: raw (lean, the default) or boss (BossClient)")
     parser.add_argument("--database", help="database URL (default: SQLite in a temp dir)")
     parser.add_argument("--bundle", type=Path, help="bundle to serve (default: scripted)")
+    parser.add_argument("--memory-entries", type=int, default=0, metavar="N",
+                        help="serve the scripted bundle with N lessons already in its memory "
+                             "(a server that has learnt for a while; the memory holds 100,000)")
     parser.add_argument("--client-nice", type=int, default=0, metavar="N",
                         help="run the client processes at this niceness (0-19): they share "
                              "the server's cores here, unlike real game clients")

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from experiments.benchmark_serving import Tally, open_sessions
+from experiments.benchmark_serving import Tally, open_sessions, scripted_bundle
 from experiments.load_clients import AnswerError, LeanSession, SessionClosedError
-from serving.bundle import write_scripted_bundle
+from serving.brain import MemoryBrain
+from serving.bundle import load_bundle, write_scripted_bundle
 from tests.server_helpers import CONTEXT, Game, ServerProcess, register, run, start_server
 
 QUICK_KEEP_ALIVE = {"BOSSLAB_HEARTBEAT_INTERVAL": "0.3", "BOSSLAB_IDLE_TIMEOUT": "1.5"}
@@ -103,3 +105,13 @@ def test_pings_are_answered_and_a_silent_session_is_closed(server: ServerProcess
         return silent
 
     assert run(body(), timeout=15).close_code == 1000
+
+
+def test_the_benchmark_bundle_can_start_with_a_learnt_memory(tmp_path: Path) -> None:
+    assert load_bundle(scripted_bundle(tmp_path / "empty", 0)).memory_size == 0
+    bundle = load_bundle(scripted_bundle(tmp_path / "learnt", 120))
+    assert bundle.memory_size == 120
+    brain = bundle.new_brain()
+    assert isinstance(brain, MemoryBrain)
+    search = brain.reader.memory.search_any(brain.reader.memory.records().keys[:5], k=3)
+    assert (search.distances[:, 0] == 0).all()  # the stored keys are found again
