@@ -75,6 +75,7 @@ from rag.retrieval import RetrievalFeatures, blend_values, retrieval_features
 from serving.bundle import (
     Bundle,
     RetrievalSpec,
+    ServedIndex,
     empty_memory,
     numeric_embedder_spec,
 )
@@ -326,8 +327,9 @@ class ScriptedBrain(MemoryBrain):
                  policy_version: str | None = None, seed: int = 0) -> None:
         definition = load_game(game)
         spec = retrieval or RetrievalSpec(embedder=numeric_embedder_spec(definition))
-        super().__init__(definition, memory or empty_memory(definition, spec.embedder), spec,
-                         policy_version or f"scripted-{boss}", seed)
+        if memory is None:  # not `or`: an empty memory is falsy, and its config is wanted
+            memory = empty_memory(definition, spec.embedder)
+        super().__init__(definition, memory, spec, policy_version or f"scripted-{boss}", seed)
         self.boss = make_boss(boss, definition, seed=seed)
 
     def preference(self, observations: np.ndarray, features: RetrievalFeatures,
@@ -342,13 +344,14 @@ class ScriptedBrain(MemoryBrain):
 class BundleBrain(MemoryBrain):
     """An exported bundle's ONNX policy (``actor_critic`` or ``q_values``) with its memory."""
 
-    def __init__(self, bundle: Bundle, seed: int = 0) -> None:
+    def __init__(self, bundle: Bundle, seed: int = 0,
+                 memory: EpisodicMemory | None = None) -> None:
         manifest = bundle.manifest
         if manifest.policy.kind == "scripted" or bundle.policy is None:
             raise ValueError(f"{bundle.path}: a scripted bundle has no network; use "
                              f"bundle.new_brain() (a ScriptedBrain).")
-        super().__init__(bundle.game, bundle.memory_copy(), manifest.retrieval,
-                         manifest.policy_version, seed)
+        own = memory if memory is not None else bundle.memory_copy()
+        super().__init__(bundle.game, own, manifest.retrieval, manifest.policy_version, seed)
         self.kind = manifest.policy.kind
         self.sample = self.kind == "actor_critic"
         self.retrieval_inputs = manifest.policy.retrieval_inputs
@@ -392,15 +395,18 @@ def onnx_session(model: str | bytes) -> ort.InferenceSession:
     return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def brain_for(bundle: Bundle, seed: int = 0) -> MemoryBrain:
-    """The brain a bundle's policy kind needs, with its own copy of the memory snapshot."""
+def brain_for(bundle: Bundle, seed: int = 0,
+              memory_index: ServedIndex = "bundle") -> MemoryBrain:
+    """The brain a bundle's policy kind needs, with its own copy of the memory snapshot
+    (indexed as ``Bundle.memory_copy`` says)."""
     manifest = bundle.manifest
+    memory = bundle.memory_copy(memory_index)
     if manifest.policy.kind == "scripted":
         assert manifest.policy.scripted is not None  # read_manifest checks it
-        return ScriptedBrain(bundle.game, manifest.policy.scripted, memory=bundle.memory_copy(),
+        return ScriptedBrain(bundle.game, manifest.policy.scripted, memory=memory,
                              retrieval=manifest.retrieval,
                              policy_version=manifest.policy_version, seed=seed)
-    return BundleBrain(bundle, seed=seed)
+    return BundleBrain(bundle, seed=seed, memory=memory)
 
 
 __all__ = ["SCRIPTED_EXPLORATION", "BundleBrain", "GameView", "Key", "MemoryBrain",

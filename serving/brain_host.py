@@ -43,7 +43,7 @@ import numpy as np
 
 from envs.observation import Situation
 from serving.brain import Key, MemoryBrain, brain_for
-from serving.bundle import load_bundle
+from serving.bundle import ServedIndex, load_bundle
 from serving.decisions import Decision, Lesson
 
 Result = tuple[Decision, Key] | BaseException
@@ -123,12 +123,13 @@ class BrainHost:
 
     # --- calls --------------------------------------------------------------------------------
 
-    def new_brain(self, bundle_path: str, seed: int) -> RemoteBrain:
+    def new_brain(self, bundle_path: str, seed: int,
+                  memory_index: ServedIndex = "bundle") -> RemoteBrain:
         """A fresh brain of the bundle at ``bundle_path`` in the child (``bundle.new_brain``)."""
         handle = next(self._handles)  # one counter for every thread that makes brains
         generation = self.generation
         version, actions, size = self.call_blocking("new", handle, bundle_path, seed,
-                                                    generation=generation)
+                                                    memory_index, generation=generation)
         return RemoteBrain(self, handle, version, actions, size, generation)
 
     def call_blocking(self, *request: Any, generation: int | None = None) -> Any:
@@ -393,8 +394,9 @@ class _Brains:
             return None
         raise ValueError(f"unknown brain command {command!r}")
 
-    def new(self, handle: int, bundle_path: str, seed: int) -> tuple[str, list[str], int]:
-        brain = brain_for(load_bundle(bundle_path), seed=seed)
+    def new(self, handle: int, bundle_path: str, seed: int,
+            memory_index: ServedIndex) -> tuple[str, list[str], int]:
+        brain = brain_for(load_bundle(bundle_path), seed=seed, memory_index=memory_index)
         self.brains[handle] = brain
         return brain.policy_version, list(brain.boss_actions), brain.memory_size()
 

@@ -50,7 +50,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from envs.bosses import SCRIPTED_BOSSES
 from envs.game import GameDefinition, load_game
@@ -79,6 +79,8 @@ FEATURES_PER_MOVE = 3
 squashed distance), as ``agents.retrieval`` appends them."""
 SERVABLE_EMBEDDERS = ("numeric",)
 DEFAULT_CAPACITY = 20_000
+ServedIndex = Literal["bundle", "exact", "ivf"]
+"""How a server indexes each game's memory: :func:`served_memory_config`."""
 
 
 @dataclass(frozen=True)
@@ -440,20 +442,23 @@ class Bundle:
         """Entries in the memory snapshot."""
         return len(self._snapshot.ids)
 
-    def memory_copy(self) -> EpisodicMemory:
-        """A fresh memory holding the snapshot (every brain gets its own)."""
-        return EpisodicMemory.from_records(self._memory_config, self._snapshot, self._next_id)
+    def memory_copy(self, index: ServedIndex = "bundle") -> EpisodicMemory:
+        """A fresh memory holding the snapshot (every brain gets its own), indexed as the
+        snapshot was (``bundle``) or as :func:`served_memory_config` says."""
+        config = served_memory_config(self._memory_config, index)
+        return EpisodicMemory.from_records(config, self._snapshot, self._next_id)
 
     def serves(self, boss_actions: Sequence[str]) -> bool:
         """Whether a game with these boss actions can be served (same names, any order)."""
         ours = self.manifest.vocabulary["boss_actions"]
         return len(boss_actions) == len(ours) and set(boss_actions) == set(ours)
 
-    def new_brain(self, seed: int = 0) -> BossBrain:
-        """A fresh brain (BundleBrain, or ScriptedBrain for a scripted policy) for one game."""
+    def new_brain(self, seed: int = 0, memory_index: ServedIndex = "bundle") -> BossBrain:
+        """A fresh brain (BundleBrain, or ScriptedBrain for a scripted policy) for one game;
+        ``memory_index`` as for :meth:`memory_copy`."""
         from serving.brain import brain_for  # noqa: PLC0415 (brain imports this module)
 
-        return brain_for(self, seed=seed)
+        return brain_for(self, seed=seed, memory_index=memory_index)
 
     def __repr__(self) -> str:
         return (f"Bundle({self.manifest.policy_version!r}, game={self.game.name!r}, "
@@ -582,6 +587,28 @@ def archive_bundle(directory: str | os.PathLike[str]) -> Path:
         tar.add(source, arcname=source.name)
     partial.replace(archive)
     return archive
+
+
+def served_memory_config(config: MemoryConfig, index: ServedIndex) -> MemoryConfig:
+    """The memory config a server uses: the bundle's own (``bundle``), ``exact``, or ``ivf``
+    with inverted lists sized for the memory's capacity.
+
+    A served memory fills up (one entry per outcome) and then stays full, evicting its oldest
+    entry at every write, so its steady state is ``capacity`` entries. Exact search and
+    removal scan every entry of a move; IVF scans ``nprobe`` of ``nlist`` lists and removes
+    through a hash table. ``nlist`` is the square root of a full move's entries (8 to 1024), so
+    a move trains its lists once it holds 39 x nlist entries (a few milliseconds, searched
+    exactly until then), and ``nprobe`` is a quarter of them (recall@8 0.99 on the load
+    benchmark's keys).
+    """
+    if index == "bundle":
+        return config
+    if index == "exact":
+        return dataclasses.replace(config, index="exact")
+    per_move = config.capacity / config.moves
+    nlist = min(1024, max(8, round(math.sqrt(per_move))))
+    return dataclasses.replace(config, index="ivf", ivf_nlist=nlist, ivf_nprobe=max(1, nlist // 4),
+                               ivf_train_size=None)
 
 
 def empty_memory(game: GameDefinition, embedder: Mapping[str, Any] | None = None,

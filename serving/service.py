@@ -368,9 +368,10 @@ class Service:
 
     def new_brain(self, bundle: Bundle, game_id: str) -> BossBrain:
         """A fresh brain of ``bundle`` for a game (in the brain process if there is one)."""
+        index = self.settings.memory_index
         if self.brain_host is None:
-            return bundle.new_brain(seed=_seed(game_id))
-        return self.brain_host.new_brain(str(bundle.path), _seed(game_id))
+            return bundle.new_brain(seed=_seed(game_id), memory_index=index)
+        return self.brain_host.new_brain(str(bundle.path), _seed(game_id), index)
 
     def _brains_lost(self) -> None:
         """The brain process died (on the event loop): start a new one, rebuild the brains."""

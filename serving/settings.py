@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     brain_process: bool = True
     """Run the games' brains (memory search, policy, memory writes) in a child process, on
     another core than the event loop (false: in the server's own process)."""
+    memory_index: Literal["bundle", "exact", "ivf"] = "ivf"
+    """How each game's memory is indexed; it fills up with outcomes and then stays full:
+    ivf (inverted lists sized for its capacity: exact until a move holds enough entries to
+    train them, then a quarter of them scanned, recall ~0.99), exact (every entry scanned on
+    every search and eviction), or bundle (as the bundle's memory was)."""
     log_level: LogLevel = "INFO"
     """Lowest level logged: DEBUG, INFO, WARNING, ERROR or CRITICAL."""
     log_json: bool = True
@@ -178,7 +183,9 @@ def _flag_for(name: str, annotation: Any) -> tuple[list[str], dict[str, Any]]:
     if typing.get_origin(base) is list:
         return ["--bundle"], {"action": "append", "metavar": "PATH"}
     if typing.get_origin(base) is Literal:
-        return [flag], {"choices": list(typing.get_args(base)), "type": str.upper}
+        choices = list(typing.get_args(base))
+        fold = str.upper if all(choice.isupper() for choice in choices) else str.lower
+        return [flag], {"choices": choices, "type": fold}
     if base in (int, float):
         return [flag], {"type": base, "metavar": base.__name__.upper()}
     return [flag], {"metavar": "TEXT"}

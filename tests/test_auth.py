@@ -398,6 +398,7 @@ def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             "--no-log-json",
             "--rate-limit-per-second", "7.5",
             "--jwt-algorithm", "hs512",
+            "--memory-index", "exact",
         ]
     )  # fmt: skip
     assert settings.port == 9200 and settings.host == "0.0.0.0"
@@ -405,6 +406,7 @@ def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.admin_key == "adm" and settings.production and not settings.log_json
     assert [str(path) for path in settings.bundles] == ["b/one", "b/two"]
     assert settings.rate_limit_per_second == 7.5 and settings.jwt_algorithm == "HS512"
+    assert settings.memory_index == "exact" and Settings().memory_index == "ivf"
 
 
 def test_help_lists_every_flag_with_its_environment_variable(
@@ -428,6 +430,7 @@ def test_help_lists_every_flag_with_its_environment_variable(
         (["--port", "70000"], "--port / BOSSLAB_PORT"),
         (["--port", "eighty"], "invalid int value"),
         (["--log-level", "chatty"], "invalid choice"),
+        (["--memory-index", "hnsw"], "invalid choice"),
     ],
 )
 def test_bad_settings_exit_with_a_clear_message(

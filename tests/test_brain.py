@@ -9,6 +9,7 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +18,21 @@ import pytest
 
 from envs.game import load_game
 from envs.observation import BossState, PlayerContext, Situation
-from serving.brain import SCRIPTED_EXPLORATION, BundleBrain, ScriptedBrain, brain_for
+from experiments.benchmark_serving import scripted_bundle
+from rag.memory import MemoryConfig
+from serving.brain import (
+    SCRIPTED_EXPLORATION,
+    BundleBrain,
+    MemoryBrain,
+    ScriptedBrain,
+    brain_for,
+)
 from serving.bundle import (
     MANIFEST_FILE,
     archive_bundle,
     load_bundle,
     read_manifest,
+    served_memory_config,
     write_scripted_bundle,
 )
 from serving.decisions import BossBrain, Decision, Lesson
@@ -121,6 +131,41 @@ def test_each_brain_gets_its_own_copy_of_the_memory(bundle_path: Path) -> None:
     first, second = bundle.new_brain(), bundle.new_brain()
     first.learn(Lesson(DODGER, "attack", 0.0, "s1"))
     assert (first.memory_size(), second.memory_size(), bundle.memory_size) == (1, 0, 0)
+
+
+def test_a_server_indexes_the_memory_for_its_capacity() -> None:
+    bundle_config = MemoryConfig(dim=32, moves=3, capacity=20_000)
+    assert served_memory_config(bundle_config, "bundle") is bundle_config
+    assert served_memory_config(replace(bundle_config, index="hnsw"), "exact").index == "exact"
+    ivf = served_memory_config(bundle_config, "ivf")
+    assert (ivf.index, ivf.ivf_nlist, ivf.ivf_nprobe, ivf.train_size) == ("ivf", 82, 20, 3198)
+    small = served_memory_config(replace(bundle_config, capacity=30), "ivf")
+    assert (small.ivf_nlist, small.ivf_nprobe) == (8, 2)
+
+
+def test_an_ivf_memory_decides_as_the_bundle_s_exact_one_until_its_lists_train(
+        bundle_path: Path) -> None:
+    bundle = load_bundle(bundle_path)
+    exact, ivf = bundle.new_brain(seed=3), bundle.new_brain(seed=3, memory_index="ivf")
+    assert isinstance(exact, MemoryBrain) and isinstance(ivf, MemoryBrain)
+    assert (exact.reader.memory.config.index, ivf.reader.memory.config.index) == ("exact", "ivf")
+    situations = random_situations(30, seed=4)
+    for brain in (exact, ivf):
+        for i, situation in enumerate(situations[:20]):
+            brain.learn(Lesson(situation, brain.boss_actions[i % 3], (i % 5) / 4, "s1"))
+    for situation in situations:
+        assert ivf.decide(situation) == exact.decide(situation)
+
+
+def test_a_full_served_memory_trains_its_lists_and_finds_what_it_stored(tmp_path: Path) -> None:
+    bundle = load_bundle(scripted_bundle(tmp_path / "learnt", 12_000))
+    brain = bundle.new_brain(memory_index="ivf")
+    assert isinstance(brain, MemoryBrain)
+    memory = brain.reader.memory
+    assert len(memory) == 12_000 and memory.config.train_size < 12_000 / 3
+    stored = memory.records()
+    found = memory.search_any(stored.keys[::600], k=1)
+    assert (found.distances[:, 0] == 0).all()  # each stored key is its own nearest entry
 
 
 # --- deciding -----------------------------------------------------------------------------
