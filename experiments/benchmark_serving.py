@@ -126,10 +126,9 @@ def scripted_bundle(directory: Path, entries: int) -> Path:
     from serving.bundle import load_bundle, write_bundle, write_scripted_bundle  # noqa: PLC0415
     from serving.protocol import BossActionRequest, to_situation  # noqa: PLC0415
 
-    empty = write_scripted_bundle(directory.with_name(directory.name + "-empty"))
     if not entries:
-        return empty
-    bundle = load_bundle(empty)
+        return write_scripted_bundle(directory)
+    bundle = load_bundle(write_scripted_bundle(directory.with_name(directory.name + "-empty")))
     brain = bundle.new_brain()
     assert isinstance(brain, MemoryBrain)
     rng = random.Random(0)
@@ -405,7 +404,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bundle", type=Path, help="bundle to serve (default: scripted)")
     parser.add_argument("--memory-entries", type=int, default=0, metavar="N",
                         help="serve the scripted bundle with N lessons already in its memory "
-                             "(a server that has learnt for a while; the memory holds 100,000)")
+                             "(a server that has learnt for a while; the memory holds 20,000)")
     parser.add_argument("--client-nice", type=int, default=0, metavar="N",
                         help="run the client processes at this niceness (0-19): they share "
                              "the server's cores here, unlike real game clients")

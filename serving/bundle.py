@@ -598,8 +598,8 @@ def served_memory_config(config: MemoryConfig, index: ServedIndex) -> MemoryConf
     removal scan every entry of a move; IVF scans ``nprobe`` of ``nlist`` lists and removes
     through a hash table. ``nlist`` is the square root of a full move's entries (8 to 1024), so
     a move trains its lists once it holds 39 x nlist entries (a few milliseconds, searched
-    exactly until then), and ``nprobe`` is a quarter of them (recall@8 0.99 on the load
-    benchmark's keys).
+    exactly until then), and ``nprobe`` is a quarter of them (on the load benchmark's keys, the
+    same 8 nearest entries per move as exact search).
     """
     if index == "bundle":
         return config

@@ -27,6 +27,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from serving.bundle import ServedIndex
+
 ENV_PREFIX = "BOSSLAB_"
 DEV_SECRET_KEY = "bosslab-development-secret-do-not-use-in-production"
 """The default secret key: fine on a laptop, refused in production mode."""
@@ -87,10 +89,10 @@ class Settings(BaseSettings):
     brain_process: bool = True
     """Run the games' brains (memory search, policy, memory writes) in a child process, on
     another core than the event loop (false: in the server's own process)."""
-    memory_index: Literal["bundle", "exact", "ivf"] = "ivf"
+    memory_index: ServedIndex = "ivf"
     """How each game's memory is indexed; it fills up with outcomes and then stays full:
     ivf (inverted lists sized for its capacity: exact until a move holds enough entries to
-    train them, then a quarter of them scanned, recall ~0.99), exact (every entry scanned on
+    train them, then a quarter of them scanned), exact (every entry scanned on
     every search and eviction), or bundle (as the bundle's memory was)."""
     log_level: LogLevel = "INFO"
     """Lowest level logged: DEBUG, INFO, WARNING, ERROR or CRITICAL."""
