@@ -92,8 +92,7 @@ import dataclasses
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol, get_args
@@ -370,26 +369,28 @@ class EpisodicMemory:
 
     def _store(self, ids: np.ndarray, batch: _Batch) -> None:
         codes = self._persona_code_array(batch.personas)
-        keep = max(len(ids) - self._config.capacity, 0)  # a batch over capacity keeps its newest
-        ids, batch = ids[keep:], _Batch(*(column[keep:] for column in batch))
+        skip = len(ids) - self._config.capacity  # a batch over capacity keeps its newest
+        if skip > 0:
+            ids, codes, batch = ids[skip:], codes[skip:], _Batch(*(c[skip:] for c in batch))
         overflow = len(self._entries) + len(ids) - self._config.capacity
         if overflow > 0:
             evicted = self._entries.drop_oldest(overflow)
             self._remove_from_indexes(evicted["ids"], evicted["moves"])
         self._entries.append({"ids": ids, "keys": batch.keys, "moves": batch.moves,
                               "values": batch.values, "outcomes": batch.outcomes,
-                              "personas": codes[keep:], "times": batch.times})
-        for move in np.unique(batch.moves):
-            mine = batch.moves == move
-            self._indexes[move].add(batch.keys[mine], ids[mine])
-        self._rebuild_if_needed(np.unique(batch.moves))
+                              "personas": codes, "times": batch.times})
+        groups = _rows_by_move(batch.moves)
+        for move, rows in groups:
+            self._indexes[move].add(batch.keys[rows], ids[rows])
+        self._rebuild_if_needed(move for move, _ in groups)
 
     def _remove_from_indexes(self, ids: np.ndarray, moves: np.ndarray) -> None:
-        for move in np.unique(moves):
-            self._indexes[move].remove(ids[moves == move])
-        self._rebuild_if_needed(np.unique(moves))
+        groups = _rows_by_move(moves)
+        for move, rows in groups:
+            self._indexes[move].remove(ids[rows])
+        self._rebuild_if_needed(move for move, _ in groups)
 
-    def _rebuild_if_needed(self, moves: np.ndarray) -> None:
+    def _rebuild_if_needed(self, moves: Iterable[int]) -> None:
         for move in moves:
             index = self._indexes[move]
             if index.needs_rebuild():
@@ -398,44 +399,48 @@ class EpisodicMemory:
                               self._entries.column("ids")[mine])
 
     def _persona_code_array(self, personas: np.ndarray) -> np.ndarray:
-        """Each persona's code; a new tag gets the next code (O(batch), whatever the number
-        of tags already known: a server tags entries with every session id it ever saw)."""
-        tags, inverse = np.unique(personas, return_inverse=True)
-        codes = np.empty(len(tags), dtype=np.int32)
-        for row, tag in enumerate(tags.tolist()):
-            code = self._persona_codes.get(tag)
-            if code is None:
-                code = self._persona_codes[tag] = len(self._persona_tags)
-                self._persona_tags.append(tag)
-            codes[row] = code
-        return codes[inverse.reshape(-1)]
+        """Each persona's code; new tags get the next codes, in sorted order (O(batch),
+        whatever the number of tags already known: a server tags entries with every session
+        id it ever saw)."""
+        tags = personas.tolist()
+        codes = self._persona_codes
+        for tag in sorted({tag for tag in tags if tag not in codes}):
+            codes[tag] = len(self._persona_tags)
+            self._persona_tags.append(tag)
+        return np.array([codes[tag] for tag in tags], dtype=np.int32)
 
     # Reading (callers hold the read lock).
 
     def _search_each_move(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        shape = (len(queries), self._config.moves, k)
-        ids = np.full(shape, -1, dtype=np.int64)
-        distances = np.full(shape, np.inf, dtype=np.float32)
-        if len(queries) == 0:
-            return ids, distances
+        """Ids and distances ``(n, moves, k)``; padding is id -1 at distance inf."""
+        n, moves = len(queries), self._config.moves
+        # Move-major, so that each move's index writes its (n, k) results in place.
+        ids = np.empty((moves, n, k), dtype=np.int64)
+        distances = np.empty((moves, n, k), dtype=np.float32)
         for move, index in enumerate(self._indexes):
-            if index.size:
-                move_distances, move_ids = index.search(queries, k)
-                ids[:, move] = move_ids
-                distances[:, move] = np.where(move_ids >= 0, move_distances, np.inf)
-        return ids, distances
+            if n and index.size:
+                index.search_into(queries, k, distances[move], ids[move])
+            else:
+                ids[move] = -1
+        distances[ids < 0] = np.inf
+        return (np.ascontiguousarray(ids.transpose(1, 0, 2)),
+                np.ascontiguousarray(distances.transpose(1, 0, 2)))
 
     def _rows_of_results(self, ids: np.ndarray) -> np.ndarray:
         rows = self._entries.rows_of(ids)
-        assert np.array_equal(rows >= 0, ids >= 0), "an index returned an id with no entry"
+        # rows_of gives -1 for every id not stored, padding included: as many -1 rows as
+        # padding ids means every other id was found.
+        assert np.count_nonzero(rows < 0) == np.count_nonzero(ids < 0), (
+            "an index returned an id with no entry")
         return rows
 
     def _gather(self, name: str, rows: np.ndarray, padding: float) -> np.ndarray:
         column = self._entries.column(name)
-        found = rows >= 0
-        if not found.any():
+        if not len(column):
             return np.full(rows.shape, padding, dtype=column.dtype)
-        return np.where(found, column[np.where(found, rows, 0)], column.dtype.type(padding))
+        gathered = column[rows]  # row -1 reads the last entry: overwritten with the padding
+        gathered[rows < 0] = padding
+        return gathered
 
     # Validation (no lock: nothing shared is read but the frozen config).
 
@@ -471,12 +476,12 @@ class EpisodicMemory:
 
     def _validated_moves(self, moves: np.ndarray) -> np.ndarray:
         count = self._config.moves
+        if set(moves.tolist()) <= set(range(count)):  # few distinct moves, whatever the batch
+            return moves.astype(np.int64)
         bad = (moves != np.round(moves)) | (moves < 0) | (moves >= count) | ~np.isfinite(moves)
-        if bad.any():
-            raise ValueError(f"moves must be integers in [0, {count}) for this memory's "
-                             f"{count} moves; got {', '.join(f'{m:g}' for m in moves[bad][:5])}: "
-                             f"pass the boss move's index, not its name.")
-        return moves.astype(np.int64)
+        raise ValueError(f"moves must be integers in [0, {count}) for this memory's "
+                         f"{count} moves; got {', '.join(f'{m:g}' for m in moves[bad][:5])}: "
+                         f"pass the boss move's index, not its name.")
 
 
 def _check_k(k: int) -> None:
@@ -491,10 +496,21 @@ def _column(name: str, values: Any, n: int, dtype: Any) -> np.ndarray:
     except (TypeError, ValueError) as error:
         raise ValueError(f"{name} must be {np.dtype(dtype).name} values, one per key or a "
                          f"single one: {error}") from None
-    if array.ndim > 1 or (array.ndim == 1 and len(array) != n):
+    if array.ndim == 0:
+        return np.full(n, array)
+    if array.ndim > 1 or len(array) != n:
         raise ValueError(f"{name} has shape {array.shape}; expected one per key ({n},) or a "
                          f"single value for all of them.")
-    return np.ascontiguousarray(np.broadcast_to(array, (n,)))
+    return np.ascontiguousarray(array)
+
+
+def _rows_by_move(moves: np.ndarray) -> list[tuple[int, np.ndarray | slice]]:
+    """Each move of a batch, ascending, with the rows that took it (a slice of all rows when
+    there is only one move, as often for a few rows)."""
+    distinct = sorted(set(moves.tolist()))
+    if len(distinct) == 1:
+        return [(distinct[0], slice(None))]
+    return [(move, moves == move) for move in distinct]
 
 
 def _finite(array: np.ndarray, name: str) -> np.ndarray:
@@ -548,6 +564,10 @@ class _Entries:
         live = self.column("ids")
         if not len(live):
             return np.full(ids.shape, -1, dtype=np.int64)
+        if live[-1] - live[0] == len(live) - 1:  # no gaps (only FIFO eviction): id - first id
+            rows = ids - live[0]
+            rows[rows.view(np.uint64) >= len(live)] = -1  # negative rows are huge unsigned
+            return rows
         rows = np.searchsorted(live, ids)
         clipped = np.minimum(rows, len(live) - 1)
         return np.where(live[clipped] == ids, clipped, -1)
@@ -609,7 +629,8 @@ class _MoveIndex(Protocol):
 
     def remove(self, ids: np.ndarray) -> None: ...
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def search_into(self, queries: np.ndarray, k: int, distances: np.ndarray,
+                    ids: np.ndarray) -> None: ...
 
     def needs_rebuild(self) -> bool: ...
 
@@ -636,8 +657,9 @@ class _ExactIndex:
     def remove(self, ids: np.ndarray) -> None:
         self.faiss_index.remove_ids(ids)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.faiss_index.search(queries, k)
+    def search_into(self, queries: np.ndarray, k: int, distances: np.ndarray,
+                    ids: np.ndarray) -> None:
+        _search_into(self.faiss_index, queries, k, distances, ids)
 
     def needs_rebuild(self) -> bool:
         return False
@@ -659,6 +681,15 @@ class _IVFIndex(_ExactIndex):
     @property
     def trained(self) -> bool:
         return isinstance(self.faiss_index, faiss.IndexIVF)
+
+    def remove(self, ids: np.ndarray) -> None:
+        if not self.trained:
+            super().remove(ids)
+            return
+        # The selector FAISS's remove_ids wrapper makes for a hash-table direct map (which
+        # rebuild sets and save/load keep), without its checks that cost more than removing.
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        self.faiss_index.remove_ids(faiss.IDSelectorArray(len(ids), faiss.swig_ptr(ids)))
 
     def needs_rebuild(self) -> bool:
         return not self.trained and self.size >= self._config.train_size
@@ -707,13 +738,15 @@ class _HNSWIndex(_ExactIndex):
         batch = faiss.IDSelectorBatch(self._removed)
         self._filter = (batch, faiss.IDSelectorNot(batch))  # the Not points into the batch
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search_into(self, queries: np.ndarray, k: int, distances: np.ndarray,
+                    ids: np.ndarray) -> None:
         if self._filter is None:
-            return super().search(queries, k)
+            super().search_into(queries, k, distances, ids)
+            return
         # A fresh parameter object per call: IndexIDMap.search swaps the selector inside it.
         params = faiss.SearchParametersHNSW(  # type: ignore[attr-defined]
             sel=self._filter[1], efSearch=self._config.hnsw_ef_search)
-        return self.faiss_index.search(queries, k, params=params)
+        _search_into(self.faiss_index, queries, k, distances, ids, params)
 
     def needs_rebuild(self) -> bool:
         return len(self._removed) > self._config.hnsw_rebuild_fraction * max(self.size, 1)
@@ -724,6 +757,18 @@ class _HNSWIndex(_ExactIndex):
         self._filter = None
         if len(keys):
             self.add(np.ascontiguousarray(keys), ids)
+
+
+def _search_into(index: Any, queries: np.ndarray, k: int, distances: np.ndarray,
+                 ids: np.ndarray, params: Any = None) -> None:
+    """FAISS's C++ search of C-contiguous float32 queries ``(n, dim)``, writing the C-contiguous
+    ``(n, k)`` float32 distances and int64 ids in place.
+
+    ``index.search``, the Python wrapper, checks and allocates again on every call: for a few
+    queries that costs a fifth of the search itself.
+    """
+    index.search_c(len(queries), faiss.swig_ptr(queries), k, faiss.swig_ptr(distances),
+                   faiss.swig_ptr(ids), params)
 
 
 def _new_index(config: MemoryConfig) -> _MoveIndex:
@@ -794,32 +839,51 @@ class _ReadWriteLock:
         self._readers = 0
         self._writing = False
         self._waiting_writers = 0
+        # Plain objects rather than @contextmanager generators, which cost as much again.
+        self._reading = _Held(self._start_reading, self._stop_reading)
+        self._writing_held = _Held(self._start_writing, self._stop_writing)
 
-    @contextmanager
-    def reading(self) -> Iterator[None]:
+    def reading(self) -> _Held:
+        return self._reading
+
+    def writing(self) -> _Held:
+        return self._writing_held
+
+    def _start_reading(self) -> None:
         with self._condition:
             while self._writing or self._waiting_writers:
                 self._condition.wait()
             self._readers += 1
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._readers -= 1
-                if not self._readers:
-                    self._condition.notify_all()
 
-    @contextmanager
-    def writing(self) -> Iterator[None]:
+    def _stop_reading(self) -> None:
+        with self._condition:
+            self._readers -= 1
+            if not self._readers:
+                self._condition.notify_all()
+
+    def _start_writing(self) -> None:
         with self._condition:
             self._waiting_writers += 1
             while self._writing or self._readers:
                 self._condition.wait()
             self._waiting_writers -= 1
             self._writing = True
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._writing = False
-                self._condition.notify_all()
+
+    def _stop_writing(self) -> None:
+        with self._condition:
+            self._writing = False
+            self._condition.notify_all()
+
+
+class _Held:
+    """``with``: ``start()`` on entry, ``stop()`` on exit, even on an exception."""
+
+    def __init__(self, start: Callable[[], None], stop: Callable[[], None]) -> None:
+        self._start = start
+        self._stop = stop
+
+    def __enter__(self) -> None:
+        self._start()
+
+    def __exit__(self, *exception: object) -> None:
+        self._stop()

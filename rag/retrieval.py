@@ -120,12 +120,21 @@ def kernel_weights(squared_distances: np.ndarray, delta: float = DEFAULT_DELTA) 
     ``w_i = (1 / (s_i + delta)) / sum_j 1 / (s_j + delta)`` for squared distances ``s``;
     ``inf`` (padding) gets 0 and a row of padding only gets all zeros, never NaN.
     """
+    _check_delta(delta)
+    distances = np.asarray(squared_distances, dtype=np.float64)
+    return _kernel_weights(distances, np.isfinite(distances), delta)
+
+
+def _check_delta(delta: float) -> None:
     if delta <= 0:
         raise ValueError(f"delta must be > 0 (got {delta}); NEC uses 1e-3.")
-    distances = np.asarray(squared_distances, dtype=np.float64)
-    kernel = np.where(np.isfinite(distances), 1.0 / (np.maximum(distances, 0.0) + delta), 0.0)
+
+
+def _kernel_weights(distances: np.ndarray, valid: np.ndarray, delta: float) -> np.ndarray:
+    """:func:`kernel_weights` of float64 ``distances`` whose finite entries are ``valid``."""
+    kernel = np.where(valid, 1.0 / (np.maximum(distances, 0.0) + delta), 0.0)
     total = kernel.sum(axis=-1, keepdims=True)
-    return np.divide(kernel, total, out=np.zeros_like(kernel), where=total > 0)
+    return np.divide(kernel, total, out=np.zeros(kernel.shape), where=total > 0)
 
 
 def retrieval_features(neighbours: MoveNeighbours, delta: float = DEFAULT_DELTA,
@@ -141,7 +150,8 @@ def retrieval_features(neighbours: MoveNeighbours, delta: float = DEFAULT_DELTA,
     distances = np.asarray(neighbours.distances, dtype=np.float64)
     valid = np.isfinite(distances)
     values = np.where(valid, np.asarray(neighbours.values, dtype=np.float64), 0.0)
-    value = (kernel_weights(distances, delta) * values).sum(axis=-1)
+    _check_delta(delta)
+    value = (_kernel_weights(distances, valid, delta) * values).sum(axis=-1)
     count = valid.sum(axis=-1)
     distance_sum = np.where(valid, distances, 0.0).sum(axis=-1)
     mean_distance = distance_sum / np.maximum(count, 1)

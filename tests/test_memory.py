@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -147,6 +148,28 @@ def test_metadata_scalars_broadcast_and_persona_tags_round_trip() -> None:
     np.testing.assert_array_equal(records.keys, np.concatenate([keys, keys[:2]]))
 
 
+def test_new_persona_tags_of_a_batch_are_numbered_in_sorted_order(tmp_path: Any) -> None:
+    memory = EpisodicMemory(MemoryConfig(dim=DIM, moves=MOVES))
+    keys = np.eye(DIM, dtype=np.float32)[:4]
+    memory.add(keys, 0, 0.0, 0.0, ["turtle", "dodger", "turtle", "rusher"], 0.0)
+    memory.add(keys[:3], 1, 0.0, 0.0, ["zebra", "dodger", "ant"], 0.0)
+
+    memory.save(tmp_path)
+
+    assert json.loads((tmp_path / "memory.json").read_text())["personas"] == [
+        "dodger", "rusher", "turtle", "ant", "zebra"]
+    assert memory.records().personas.tolist() == [
+        "turtle", "dodger", "turtle", "rusher", "zebra", "dodger", "ant"]
+
+
+def test_moves_may_be_given_as_integral_floats() -> None:
+    memory = EpisodicMemory(MemoryConfig(dim=DIM, moves=MOVES))
+
+    memory.add(np.eye(DIM, dtype=np.float32)[:3], np.array([2.0, 0.0, 2.0]), 0.0, 0.0, "x", 0.0)
+
+    np.testing.assert_array_equal(memory.records().moves, [2, 0, 2])
+
+
 # Removal and eviction.
 
 def test_removed_entries_are_never_returned_and_unknown_ids_are_ignored() -> None:
@@ -187,6 +210,32 @@ def test_a_batch_larger_than_the_capacity_keeps_its_newest_entries() -> None:
     np.testing.assert_array_equal(records.ids, np.arange(70, 120))
     np.testing.assert_array_equal(records.keys, batch["keys"][70:])
     np.testing.assert_array_equal(records.values, batch["values"][70:])
+
+
+@pytest.mark.parametrize("removed", [False, True])
+def test_hits_carry_their_entries_metadata_whether_or_not_ids_were_removed(removed: bool) -> None:
+    """Without removals the live ids have no gaps and an id's row is an offset; with them it
+    is a binary search. Both find the same rows, and neither finds ids that are not stored."""
+    memory = EpisodicMemory(MemoryConfig(dim=DIM, moves=MOVES, capacity=200))
+    rng = np.random.default_rng(19)
+    for _ in range(3):
+        memory.add(**random_batch(rng, 120))  # evicts all but ids 160..359
+    extremes = np.iinfo(np.int64)
+    assert memory.remove([-1, 159, 360, extremes.min, extremes.max]) == 0
+    if removed:
+        assert memory.remove(np.arange(160, 360, 3)) == 67
+    records = memory.records()
+
+    hits = memory.search_any(rng.random((5, DIM), dtype=np.float32), k=len(records.ids) + 5)
+
+    found = hits.ids >= 0
+    np.testing.assert_array_equal(found.sum(axis=1), len(records.ids))
+    rows = np.searchsorted(records.ids, hits.ids[found])
+    np.testing.assert_array_equal(records.ids[rows], hits.ids[found])
+    for name in ("moves", "values", "outcomes"):
+        np.testing.assert_array_equal(getattr(hits, name)[found], getattr(records, name)[rows])
+    np.testing.assert_array_equal(hits.moves[~found], -1)
+    np.testing.assert_array_equal(hits.values[~found], 0.0)
 
 
 @pytest.mark.parametrize("kind", INDEX_KINDS)
@@ -336,6 +385,9 @@ def test_bad_configs_say_what_is_wrong(overrides: dict[str, Any], message: str) 
     (lambda m: m.add(np.full((1, DIM), np.nan), 0, 0.0, 0.0, "x", 0.0), "keys contain NaN"),
     (lambda m: m.add(np.zeros((2, DIM)), [0, 3], 0.0, 0.0, "x", 0.0),
      r"moves must be integers in \[0, 3\).*; got 3: pass the boss move's index"),
+    (lambda m: m.add(np.zeros((3, DIM)), [0, 1.5, np.nan], 0.0, 0.0, "x", 0.0),
+     r"moves must be integers in \[0, 3\).*; got 1.5, nan: "),
+    (lambda m: m.add(np.zeros((2, DIM)), [-1, 2], 0.0, 0.0, "x", 0.0), r"; got -1: "),
     (lambda m: m.add(np.zeros((2, DIM)), 0, [1.0, 2.0, 3.0], 0.0, "x", 0.0),
      r"values has shape \(3,\); expected one per key \(2,\)"),
     (lambda m: m.add(np.zeros((1, DIM)), 0, "high", 0.0, "x", 0.0), "values must be float32"),
