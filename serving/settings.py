@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     memory_index: ServedIndex = "ivf"
     """How each game's memory is indexed; it fills up with outcomes and then stays full:
     ivf (inverted lists sized for its capacity: exact until a move holds enough entries to
-    train them, then a quarter of them scanned), exact (every entry scanned on
+    train them, then a tenth of them, at least 8, scanned), exact (every entry scanned on
     every search and eviction), or bundle (as the bundle's memory was)."""
     log_level: LogLevel = "INFO"
     """Lowest level logged: DEBUG, INFO, WARNING, ERROR or CRITICAL."""

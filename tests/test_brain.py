@@ -138,9 +138,11 @@ def test_a_server_indexes_the_memory_for_its_capacity() -> None:
     assert served_memory_config(bundle_config, "bundle") is bundle_config
     assert served_memory_config(replace(bundle_config, index="hnsw"), "exact").index == "exact"
     ivf = served_memory_config(bundle_config, "ivf")
-    assert (ivf.index, ivf.ivf_nlist, ivf.ivf_nprobe, ivf.train_size) == ("ivf", 82, 20, 3198)
+    assert (ivf.index, ivf.ivf_nlist, ivf.ivf_nprobe, ivf.train_size) == ("ivf", 82, 8, 3198)
     small = served_memory_config(replace(bundle_config, capacity=30), "ivf")
-    assert (small.ivf_nlist, small.ivf_nprobe) == (8, 2)
+    assert (small.ivf_nlist, small.ivf_nprobe) == (8, 8)
+    large = served_memory_config(replace(bundle_config, capacity=3_000_000), "ivf")
+    assert (large.ivf_nlist, large.ivf_nprobe) == (1000, 100)
 
 
 def test_an_ivf_memory_decides_as_the_bundle_s_exact_one_until_its_lists_train(
