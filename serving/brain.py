@@ -203,14 +203,16 @@ class MemoryReader:
         return blend_values(preference, memory, features.counts, features.distances,
                             lam=self.spec.lam, k=self.spec.k)
 
-    def learn(self, keys: Sequence[Key], moves: Sequence[int], effectiveness: Sequence[float],
-              session_ids: Sequence[str]) -> int:
-        """Store outcomes (one memory write); returns the memory's size after it."""
+    def learn(self, keys: Sequence[Key] | np.ndarray, moves: Sequence[int],
+              effectiveness: Sequence[float], session_ids: Sequence[str]) -> int:
+        """Store outcomes (one memory write; ``keys`` as rows or one (n, dim) array); returns
+        the memory's size after it."""
         for value in effectiveness:
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"lesson value {value} must be an effectiveness in 0..1.")
         scores = np.asarray(effectiveness, dtype=np.float64)
-        self.memory.add(np.stack(keys), list(moves), self.lo + scores * (self.hi - self.lo),
+        rows = keys if isinstance(keys, np.ndarray) else np.stack(keys)
+        self.memory.add(rows, list(moves), self.lo + scores * (self.hi - self.lo),
                         outcomes=scores, personas=list(session_ids), times=time.time())
         return len(self.memory)
 
@@ -291,8 +293,8 @@ class MemoryBrain:
         situation, _ = self.view.in_game_terms(situation)
         return self.reader.keys(self.view.layout.encode_situation(situation)[np.newaxis])[0]
 
-    def learn_keyed(self, keys: Sequence[Key], moves: Sequence[str], values: Sequence[float],
-                    session_ids: Sequence[str]) -> int:
+    def learn_keyed(self, keys: Sequence[Key] | np.ndarray, moves: Sequence[str],
+                    values: Sequence[float], session_ids: Sequence[str]) -> int:
         """Store several outcomes at once by their situations' keys (as :meth:`learn` does one
         by one, in order); returns the memory's size after them. A bad move or value raises
         ``ValueError`` and stores none of them."""

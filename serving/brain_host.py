@@ -8,8 +8,10 @@ The child holds every brain (``bundle.new_brain``, loaded from the bundle's path
 two pipes, each in the order it reads them:
 
 - **the event loop's**: decision and lesson batches (``DecisionBatch``/``LessonBatch`` of
-  :mod:`serving.service`) are sent without waiting; the answers are read by a reader on the
-  event loop (``loop.add_reader``) and resolve asyncio futures, oldest first;
+  :mod:`serving.service`) are sent without waiting, one request per brain in flight, the
+  lessons and situations asked for meanwhile together in the next (:class:`Turns`); the
+  answers are read by a reader on the event loop (``loop.add_reader``) and resolve asyncio
+  futures, oldest first;
 - **a blocking one** for other threads (building brains and replaying stored lessons at start
   and at a reload, single decisions outside the event loop), one call at a time.
 
@@ -37,7 +39,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from multiprocessing.util import Finalize
 from time import perf_counter
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -216,10 +218,7 @@ class RemoteBrain:
         self.policy_version = policy_version
         self.boss_actions: Sequence[str] = tuple(boss_actions)
         self._memory_size = memory_size
-        self._decisions: OneInFlight[Situation, tuple[float, list[Result]]] = OneInFlight(
-            self._send_decisions, _split_decisions)
-        self._lessons: OneInFlight[tuple[Key, str, float, str], int] = OneInFlight(
-            self._send_lessons, _split_size)
+        self._turns = Turns(self._send_turn)
 
     def memory_size(self) -> int:
         return self._memory_size
@@ -256,31 +255,32 @@ class RemoteBrain:
     def decide_soon(self, situations: Sequence[Situation]) -> asyncio.Future[
             tuple[float, list[Result]]]:
         """Decide situations in the child: (the brain's seconds for the batch they went in,
-        one result each). One batch is in flight at a time; situations asked for meanwhile
-        go together in the next."""
-        return self._decisions.ask(list(situations))
+        one result each). See :class:`Turns` for how requests are batched."""
+        return self._turns.decide(list(situations))
 
     def learn_keyed_soon(self, keys: Sequence[Key], moves: Sequence[str],
                          values: Sequence[float],
                          session_ids: Sequence[str]) -> asyncio.Future[int]:
         """``MemoryBrain.learn_keyed`` in the child; resolves with the memory's size after
-        it. One write is in flight at a time; lessons given meanwhile go together in the next."""
-        return self._lessons.ask(list(zip(keys, moves, values, session_ids, strict=True)))
+        it. See :class:`Turns` for how requests are batched."""
+        return self._turns.learn(list(zip(keys, moves, values, session_ids, strict=True)))
 
-    def _send_decisions(self, situations: list[Situation]) -> asyncio.Future[Any]:
-        return self.host.call_soon("decide", self.handle, situations,
-                                   generation=self.generation)
-
-    def _send_lessons(self, rows: list[tuple[Key, str, float, str]]) -> asyncio.Future[Any]:
-        keys, moves, values, session_ids = (list(column) for column in zip(*rows, strict=True))
-        future = self.host.call_soon("learn_keyed", self.handle, np.stack(keys), moves, values,
-                                     session_ids, generation=self.generation)
+    def _send_turn(self, lessons: list[LessonRow],
+                   situations: list[Situation]) -> asyncio.Future[TurnAnswer]:
+        keyed = None
+        if lessons:
+            keys, moves, values, session_ids = (list(c) for c in zip(*lessons, strict=True))
+            keyed = (np.stack(keys), moves, values, session_ids)
+        future = self.host.call_soon("turn", self.handle, keyed, situations,
+                                     generation=self.generation)
         future.add_done_callback(self._sized)
         return future
 
-    def _sized(self, future: asyncio.Future[int]) -> None:
+    def _sized(self, future: asyncio.Future[TurnAnswer]) -> None:
         if not future.cancelled() and future.exception() is None:
-            self._memory_size = future.result()
+            learnt = future.result()[0]
+            if isinstance(learnt, int):
+                self._memory_size = learnt
 
     def drop(self) -> None:
         """Free the brain in the child (a reload replaced it); on the event loop."""
@@ -288,61 +288,95 @@ class RemoteBrain:
         done.add_done_callback(lambda future: future.cancelled() or future.exception())
 
 
-Item = TypeVar("Item")
-Answer = TypeVar("Answer")
+LessonRow = tuple[Key, str, float, str]
+"""A lesson by its situation's key: (key, move, effectiveness, session_id)."""
+Decided = tuple[float, list[Decision | BaseException], np.ndarray]
+"""A batch's answer on the wire: the brain's seconds, each situation's decision (or error),
+and their memory keys as the rows of one array (one array pickles much faster than many)."""
+TurnAnswer = tuple[int | BaseException | None, Decided | None]
+"""A turn's answer: the memory's size after its lessons (or why they were refused; None
+without lessons), and its situations' decisions (None without situations)."""
+Decisions = tuple[float, list[Result]]
 
 
-class OneInFlight(Generic[Item, Answer]):
-    """Requests of one kind to one brain, one in flight at a time: the parts asked for while
-    one is in flight go together as the next request, so batches grow with the load and the
-    per-call costs (pipe, memory search, policy) are shared."""
+class Turns:
+    """Decisions and lessons for one brain, one request in flight at a time.
 
-    def __init__(self, send: Callable[[list[Item]], asyncio.Future[Any]],
-                 split: Callable[[Any, list[int]], list[Answer]]) -> None:
+    What is asked for while a request is in flight goes together in the next one: lessons
+    first (so that its decisions use them), then situations. Batches grow with the load, and
+    the per-request costs (the pipe, waking the child and the event loop, the memory write and
+    search, the policy) are shared by everything in them.
+    """
+
+    def __init__(self, send: Callable[[list[LessonRow], list[Situation]],
+                                      asyncio.Future[TurnAnswer]]) -> None:
         self._send = send
-        self._split = split
-        self._queued: list[tuple[list[Item], asyncio.Future[Answer]]] = []
+        self._lessons: list[LessonRow] = []
+        self._learnt: list[asyncio.Future[int]] = []
+        self._situations: list[Situation] = []
+        self._decided: list[tuple[int, asyncio.Future[Decisions]]] = []
         self._in_flight = False
 
-    def ask(self, items: list[Item]) -> asyncio.Future[Answer]:
-        """A future of this part's answer (``split`` cuts the request's answer in parts)."""
-        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._queued.append((items, future))
-        if not self._in_flight:
-            self._send_queued()
+    def decide(self, situations: list[Situation]) -> asyncio.Future[Decisions]:
+        """A future of (the brain's seconds for their batch, one result per situation)."""
+        future: asyncio.Future[Decisions] = asyncio.get_running_loop().create_future()
+        self._situations.extend(situations)
+        self._decided.append((len(situations), future))
+        self._send_unless_in_flight()
         return future
 
-    def _send_queued(self) -> None:
-        parts, self._queued = self._queued, []
-        self._in_flight = True
-        answer = self._send([item for items, _ in parts for item in items])
-        answer.add_done_callback(lambda done: self._answered(done, parts))
+    def learn(self, lessons: list[LessonRow]) -> asyncio.Future[int]:
+        """A future of the memory's size after the lessons."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._lessons.extend(lessons)
+        self._learnt.append(future)
+        self._send_unless_in_flight()
+        return future
 
-    def _answered(self, answer: asyncio.Future[Any],
-                  parts: list[tuple[list[Item], asyncio.Future[Answer]]]) -> None:
-        self._in_flight = False
-        if self._queued:
+    def _send_unless_in_flight(self) -> None:
+        if not self._in_flight:
             self._send_queued()
-        error = answer.exception()
-        answers = None if error else self._split(answer.result(), [len(i) for i, _ in parts])
-        for index, (_, future) in enumerate(parts):
-            if future.done():
-                continue
-            if answers is None:
-                future.set_exception(error or _lost())
-            else:
-                future.set_result(answers[index])
+
+    def _send_queued(self) -> None:
+        learnt, decided = self._learnt, self._decided
+        answer = self._send(self._lessons, self._situations)
+        self._lessons, self._learnt, self._situations, self._decided = [], [], [], []
+        self._in_flight = True
+        answer.add_done_callback(lambda done: self._answered(done, learnt, decided))
+
+    def _answered(self, answer: asyncio.Future[TurnAnswer], learnt: list[asyncio.Future[int]],
+                  decided: list[tuple[int, asyncio.Future[Decisions]]]) -> None:
+        self._in_flight = False
+        if self._learnt or self._decided:
+            self._send_queued()
+        error = _lost() if answer.cancelled() else answer.exception()
+        counts = [count for count, _ in decided]
+        if error is not None:
+            size: int | BaseException | None = error
+            parts: list[Decisions | BaseException] = [error] * len(decided)
+        else:
+            size, decisions = answer.result()
+            parts = list(_split_decisions(decisions or (0.0, [], np.zeros((0, 0))), counts))
+        for lessons_learnt in learnt:
+            _settle(lessons_learnt, size)
+        for (_, decisions_made), part in zip(decided, parts, strict=True):
+            _settle(decisions_made, part)
 
 
-def _split_decisions(answer: Decided, sizes: list[int]) -> list[tuple[float, list[Result]]]:
+def _settle(future: asyncio.Future[Any], result: Any) -> None:
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+def _split_decisions(answer: Decided, sizes: list[int]) -> list[Decisions]:
     seconds, results = answer[0], results_of(answer)
     starts = list(itertools.accumulate(sizes, initial=0))[:-1]
     return [(seconds, results[start:start + size])
             for start, size in zip(starts, sizes, strict=True)]
-
-
-def _split_size(size: int, sizes: list[int]) -> list[int]:
-    return [size] * len(sizes)
 
 
 # --- the child process ------------------------------------------------------------------------
@@ -385,8 +419,8 @@ class _Brains:
         brain = self.brains[handle]
         if command == "decide":
             return decide_batch(brain, *arguments)
-        if command == "learn_keyed":
-            return brain.learn_keyed(*arguments)
+        if command == "turn":
+            return turn(brain, *arguments)
         if command == "learn":
             return learn_lessons(brain, *arguments)
         if command == "drop":
@@ -401,9 +435,17 @@ class _Brains:
         return brain.policy_version, list(brain.boss_actions), brain.memory_size()
 
 
-Decided = tuple[float, list[Decision | BaseException], np.ndarray]
-"""A batch's answer on the wire: the brain's seconds, each situation's decision (or error),
-and their memory keys as the rows of one array (one array pickles much faster than many)."""
+def turn(brain: MemoryBrain, lessons: tuple[np.ndarray, list[str], list[float], list[str]] | None,
+         situations: Sequence[Situation]) -> TurnAnswer:
+    """One request of :class:`Turns`: learn its lessons (all or none: a bad one refuses the
+    whole write), then decide its situations."""
+    learnt: int | BaseException | None = None
+    if lessons is not None:
+        try:
+            learnt = brain.learn_keyed(*lessons)
+        except Exception as error:  # answered to the lessons' callers alone
+            learnt = _picklable(error)
+    return learnt, decide_batch(brain, situations) if situations else None
 
 
 def decide_batch(brain: MemoryBrain, situations: Sequence[Situation]) -> Decided:

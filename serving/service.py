@@ -21,7 +21,8 @@ after its decision (committed, or a duplicate, or an unknown action; decisions a
 a group commit share one transaction, so a decision is never durable later than its outcome)
 -> only when newly stored, the brain learns it and the player's profile counts it ->
 ``learning_update``. Outcomes stored in the same turn of the event loop
-are learnt in one memory write (:class:`LessonBatch`). A duplicate changes nothing and says
+are learnt in one memory write (:class:`LessonBatch`; in the brain process, with the
+decisions and lessons that arrived while its previous request was in flight). A duplicate changes nothing and says
 ``duplicate: true``.
 
 At start (:meth:`Service.start`) every registered game gets a fresh brain from its bundle, and

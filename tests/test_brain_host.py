@@ -103,6 +103,55 @@ def test_batches_on_the_event_loop_answer_each_situation(host: BrainHost,
     run(body())
 
 
+def counted_requests(host: BrainHost) -> list[str]:
+    """The commands the host sends on the event loop's pipe, from now on."""
+    requests: list[str] = []
+    send = host.call_soon
+
+    def counted(*request: object, generation: int) -> asyncio.Future[object]:
+        requests.append(str(request[0]))
+        return send(*request, generation=generation)
+
+    host.call_soon = counted  # type: ignore[method-assign]
+    return requests
+
+
+def test_lessons_and_situations_asked_meanwhile_go_in_one_request_lessons_first(
+        host: BrainHost, bundle_path: Path) -> None:
+    remote = host.new_brain(str(bundle_path), SEED)
+    situations = random_situations(3, seed=9)
+    requests = counted_requests(host)
+
+    async def body() -> None:
+        _, first = await remote.decide_soon(situations[:1])
+        assert first[0][0].retrieved == 0  # type: ignore[index]  # an empty memory
+        key = first[0][1]  # type: ignore[index]
+        in_flight = remote.decide_soon(situations[1:])
+        refused = remote.learn_keyed_soon([key], ["attack"], [1.5], ["s"])
+        learnt = remote.learn_keyed_soon([key] * 3, ["attack", "defend", "attack"],
+                                         [0.2, 0.9, 0.4], ["s"] * 3)
+        after = remote.decide_soon(situations[:1])
+        await in_flight
+        with pytest.raises(ValueError, match=r"1\.5"):
+            await refused  # one write for both: a bad lesson refuses the whole write
+        with pytest.raises(ValueError):
+            await learnt
+        _, decided = await after  # answered all the same
+        assert not isinstance(decided[0], BaseException)
+        assert requests == ["turn", "turn", "turn"]
+        assert remote.memory_size() == 0
+        in_flight = remote.decide_soon(situations[1:])
+        size = remote.learn_keyed_soon([key] * 3, ["attack", "defend", "attack"],
+                                       [0.2, 0.9, 0.4], ["s"] * 3)
+        _, again = await remote.decide_soon(situations[:1])
+        await in_flight
+        assert await size == remote.memory_size() == 3
+        assert again[0][0].retrieved == 3  # type: ignore[index]  # learnt before deciding
+        assert requests == ["turn"] * 5
+
+    run(body())
+
+
 def test_a_killed_child_fails_waiting_calls_and_a_restart_serves_again(
         bundle_path: Path) -> None:
     lost: list[bool] = []
