@@ -87,7 +87,7 @@ from serving.writer import StorageWriter
 
 log = logging.getLogger("serving.service")
 
-COMMIT_INTERVAL = 0.002
+COMMIT_INTERVAL = 0.005
 """Seconds between two group commits at least (the writer's ``min_interval``): under load
 each commit carries every decision and outcome of the interval, so its cost is shared. An
 outcome's answer waits for its commit: short. (A decision's does not, unless storage fails.)"""
