@@ -2,15 +2,16 @@
 
     python -m experiments.benchmark_serving [--sessions 1000] [--rate 1000] [--duration 20]
         [--clients 4] [--client raw|boss] [--database sqlite:///PATH] [--bundle PATH]
-        [--memory-entries N] [--server-flag=FLAG ...]
+        [--memory-entries N] [--server-cpus N,N] [--server-flag=FLAG ...]
 
 Starts ``python -m serving`` (SQLite in a temporary directory by default, a scripted bundle
 unless ``--bundle`` is given, its memory empty or already holding ``--memory-entries``
-lessons) on a free loopback port, registers a game, then starts
-``--clients`` client processes holding ``--sessions`` WebSocket sessions between them. Every
-session asks for a move and then reports its outcome on a fixed schedule, so the total is
-``--rate`` decisions/s (and as many outcomes/s). After ``--warmup`` seconds it measures for
-``--duration`` seconds and prints:
+lessons; its event loop pinned to the first CPU and its brain and storage processes to the
+last, ``--cpus``, unless ``--server-cpus ''``) on a free loopback port, registers a game,
+then starts ``--clients`` client processes holding ``--sessions`` WebSocket sessions between
+them. Every session asks for a move and then reports its outcome on a fixed schedule, so the
+total is ``--rate`` decisions/s (and as many outcomes/s). After ``--warmup`` seconds it
+measures for ``--duration`` seconds and prints:
 
 - decisions/s achieved, end-to-end latency (client send -> response received) p50/p99/max,
   the outcome round trip p50/p99, errors;
@@ -101,7 +102,8 @@ def start_server(args: argparse.Namespace, workdir: Path, port: int) -> subproce
     database = args.database or f"sqlite:///{workdir / 'serving.db'}"
     command = [sys.executable, "-m", "serving", "--bundle", str(bundle), "--port", str(port),
                "--database-url", database, "--log-level", "WARNING",
-               "--max-connections", str(args.sessions + 100), *args.server_flag]
+               "--max-connections", str(args.sessions + 100),
+               *(["--cpus", args.server_cpus] if args.server_cpus else []), *args.server_flag]
     log = (workdir / "server.log").open("wb")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
@@ -382,13 +384,22 @@ def report(args: argparse.Namespace, parts: list[dict[str, Any]], before: dict[s
           f"measured after {args.warmup:g} s warm-up, {args.clients} client processes "
           f"(--client {args.client}), "
           f"{os.cpu_count()} CPUs ({platform.system()} {platform.release()}), load average "
-          f"before {args.load_before}, clients at nice {args.client_nice}")
+          f"before {args.load_before}, clients at nice {args.client_nice}, server "
+          f"{'--cpus ' + args.server_cpus if args.server_cpus else 'not pinned'}")
     print("| measure | value | target |\n|---|---|---|")
     for label, value, target in rows:
         print(f"| {label} | {value} | {target} |")
 
 
 # --- main -----------------------------------------------------------------------------------
+
+
+def default_server_cpus() -> str:
+    """The first and last CPU this process may use (one CPU: that one; none on non-Linux)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return ""
+    cpus = sorted(os.sched_getaffinity(0))
+    return ",".join(str(cpu) for cpu in dict.fromkeys((cpus[0], cpus[-1])))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -408,6 +419,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--client-nice", type=int, default=0, metavar="N",
                         help="run the client processes at this niceness (0-19): they share "
                              "the server's cores here, unlike real game clients")
+    parser.add_argument("--server-cpus", default=default_server_cpus(), metavar="N,N",
+                        help="the server's --cpus: its event loop on the first CPU, its brain "
+                             "and storage processes on the others (default: the first and last "
+                             "CPU this process may use; '' pins nothing)")
     parser.add_argument("--server-flag", action="append", default=[], metavar="FLAG",
                         help="a flag for python -m serving, e.g. --server-flag=--no-brain-process")
     args = parser.parse_args(argv)

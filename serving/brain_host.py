@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from envs.observation import Situation
+from serving.affinity import pin
 from serving.brain import Key, MemoryBrain, brain_for
 from serving.bundle import ServedIndex, load_bundle
 from serving.decisions import Decision, Lesson
@@ -59,8 +60,11 @@ class BrainsLost(RuntimeError):  # noqa: N818 (reads as what happened: the brain
 class BrainHost:
     """Starts and talks to the brain process (see the module docstring)."""
 
-    def __init__(self, on_lost: Callable[[], None] | None = None) -> None:
+    def __init__(self, on_lost: Callable[[], None] | None = None,
+                 cpus: set[int] | None = None) -> None:
         self.on_lost = on_lost
+        self.cpus = cpus
+        """CPUs the child runs on (None: wherever this process may)."""
         self.lost = False
         self.closed = False
         self.generation = 0
@@ -88,6 +92,7 @@ class BrainHost:
             target=_brain_child, args=(requests_out, answers_in, blocking_child),
             name="bosslab-brains", daemon=True)
         self._process.start()
+        pin(self.cpus, self._process.pid)
         for end in (requests_out, answers_in, blocking_child):
             end.close()
         self._requests: Connection = requests_in

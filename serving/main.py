@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from serving.affinity import event_loop_cpus, pin, worker_cpus
 from serving.bundle import Bundle, load_bundle
 from serving.metrics import Metrics
 from serving.protocol import PROTOCOL_VERSION, ProtocolError
@@ -43,6 +44,8 @@ def create_app(settings: Settings, bundles: Sequence[Bundle] | None = None) -> F
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.cpus:  # before any thread or child process starts: they inherit it
+            pin(event_loop_cpus(settings.cpus))
         service = await asyncio.to_thread(start_service, settings, bundles, metrics)
         app.state.service = service
         log_start(settings, service)
@@ -97,6 +100,9 @@ def log_start(settings: Settings, service: Service) -> None:
                  ", ".join(bundle.manifest.vocabulary["boss_actions"]))
     log.info("storage %r: %d game(s) loaded, memory %d", service.storage, len(service.games),
              sum(g.brain.memory_size() for g in service.games.values()))
+    if settings.cpus:
+        log.info("pinned: event loop on CPU %s, brain and storage processes on CPU %s",
+                 sorted(event_loop_cpus(settings.cpus)), sorted(worker_cpus(settings.cpus)))
     if settings.admin_key is None:
         log.warning("registration is OPEN: anyone can register games. Set BOSSLAB_ADMIN_KEY "
                     "(or --admin-key) to require an X-Admin-Key header")

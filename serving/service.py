@@ -20,9 +20,9 @@ Outcome path (:meth:`Service.record_outcome`): the outcome goes through the same
 after its decision (committed, or a duplicate, or an unknown action; decisions and outcomes of
 a group commit share one transaction, so a decision is never durable later than its outcome)
 -> only when newly stored, the brain learns it and the player's profile counts it ->
-``learning_update``. Outcomes stored in the same turn of the event loop
-are learnt in one memory write (:class:`LessonBatch`; in the brain process, with the
-decisions and lessons that arrived while its previous request was in flight). A duplicate changes nothing and says
+``learning_update``. Outcomes stored in the same turn of the event loop are learnt in one
+memory write (:class:`LessonBatch`; in the brain process, with the decisions and lessons
+that arrived while its previous request was in flight). A duplicate changes nothing and says
 ``duplicate: true``.
 
 At start (:meth:`Service.start`) every registered game gets a fresh brain from its bundle, and
@@ -52,6 +52,7 @@ from time import perf_counter
 from typing import Any, NamedTuple, Protocol
 
 from envs.observation import Situation
+from serving.affinity import worker_cpus
 from serving.auth import AuthError, check_api_key, hash_api_key, issue_token, new_api_key
 from serving.brain import Key, MemoryBrain
 from serving.brain_host import BrainHost, BrainsLost, RemoteBrain, Result, decide_each
@@ -326,10 +327,13 @@ class Service:
         self.storage_failing = False
         """Whether the last decision commit failed for want of storage (decisions then wait
         for their commit, so they are answered ``unavailable`` until storage is back)."""
-        self.brain_host = BrainHost(on_lost=self._brains_lost) if settings.brain_process else None
+        workers = worker_cpus(settings.cpus) if settings.cpus else None
+        self.brain_host = (BrainHost(on_lost=self._brains_lost, cpus=workers)
+                           if settings.brain_process else None)
         """The brain process (None: brains live in this process)."""
         self._rebuilding: asyncio.Task[None] | None = None
-        writer = StorageWriter(storage, min_interval=COMMIT_INTERVAL, child_process=True)
+        writer = StorageWriter(storage, min_interval=COMMIT_INTERVAL, child_process=True,
+                               child_cpus=workers)
         self.decision_writer: Committer = writer
         self.outcome_writer: Committer = writer
         """Both the one writer: decisions and outcomes share its transactions."""

@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from serving.affinity import checked_cpus
 from serving.bundle import ServedIndex
 
 ENV_PREFIX = "BOSSLAB_"
@@ -94,6 +95,10 @@ class Settings(BaseSettings):
     ivf (inverted lists sized for its capacity: exact until a move holds enough entries to
     train them, then a tenth of them, at least 8, scanned), exact (every entry scanned on
     every search and eviction), or bundle (as the bundle's memory was)."""
+    cpus: Annotated[tuple[int, ...], NoDecode] = ()
+    """CPUs to pin the server to, comma-separated (Linux): the event loop's process on the
+    first, the brain and storage processes on the others (or the first too). On a dedicated
+    2-core machine `0,1` keeps them out of each other's way; unset, nothing is pinned."""
     log_level: LogLevel = "INFO"
     """Lowest level logged: DEBUG, INFO, WARNING, ERROR or CRITICAL."""
     log_json: bool = True
@@ -109,6 +114,23 @@ class Settings(BaseSettings):
         if text.startswith("["):
             return json.loads(text)
         return [part.strip() for part in text.split(",") if part.strip()]
+
+    @field_validator("cpus", mode="before")
+    @classmethod
+    def _split_cpus(cls, value: Any) -> Any:
+        """Accept comma-separated CPU numbers ("0,1") from the environment or a flag."""
+        if not isinstance(value, str):
+            return value
+        try:
+            return tuple(int(part) for part in value.split(",") if part.strip())
+        except ValueError:
+            raise ValueError(f"cpus must be CPU numbers separated by commas, e.g. 0,1 (got "
+                             f"{value!r})") from None
+
+    @field_validator("cpus", mode="after")
+    @classmethod
+    def _available_cpus(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        return checked_cpus(value)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -190,6 +212,8 @@ def _flag_for(name: str, annotation: Any) -> tuple[list[str], dict[str, Any]]:
         return [flag], {"choices": choices, "type": fold}
     if base in (int, float):
         return [flag], {"type": base, "metavar": base.__name__.upper()}
+    if typing.get_origin(base) is tuple:
+        return [flag], {"metavar": "N,N"}
     return [flag], {"metavar": "TEXT"}
 
 

@@ -40,6 +40,7 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.util import Finalize
 from typing import Any, Generic, TypeVar
 
+from serving.affinity import pin
 from serving.storage import (
     DecisionRecord,
     OutcomeRecord,
@@ -177,9 +178,11 @@ class StorageWriter(GroupCommitter[DecisionRecord | OutcomeRecord, bool | None])
         max_batch: int = MAX_BATCH,
         min_interval: float = MIN_INTERVAL,
         child_process: bool = False,
+        child_cpus: set[int] | None = None,
     ) -> None:
         self._storage = storage
-        self._child = StorageProcess(storage) if child_process and storage.shareable else None
+        self._child = (StorageProcess(storage, child_cpus)
+                       if child_process and storage.shareable else None)
         super().__init__(
             self._child.store if self._child is not None else self._store,
             "bosslab-storage-writer",
@@ -238,8 +241,9 @@ class StorageProcess:
     it reads the end of the pipe, so it never outlives the server.
     """
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, cpus: set[int] | None = None) -> None:
         self._url = storage.url.render_as_string(hide_password=False)
+        self._cpus = cpus
         self._context = multiprocessing.get_context("spawn")  # no fork of a threaded server
         self._connection: Connection | None = None
         self._process: BaseProcess | None = None
@@ -294,6 +298,7 @@ class StorageProcess:
         process = self._context.Process(target=_storage_child, args=(self._url, child),
                                         name="bosslab-storage", daemon=True)
         process.start()
+        pin(self._cpus, process.pid)
         child.close()
         self._connection, self._process = parent, process
         # At interpreter exit multiprocessing joins its children; the pipe must end first.

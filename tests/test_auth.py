@@ -399,6 +399,7 @@ def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             "--rate-limit-per-second", "7.5",
             "--jwt-algorithm", "hs512",
             "--memory-index", "exact",
+            "--cpus", "0",
         ]
     )  # fmt: skip
     assert settings.port == 9200 and settings.host == "0.0.0.0"
@@ -407,6 +408,7 @@ def test_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [str(path) for path in settings.bundles] == ["b/one", "b/two"]
     assert settings.rate_limit_per_second == 7.5 and settings.jwt_algorithm == "HS512"
     assert settings.memory_index == "exact" and Settings().memory_index == "ivf"
+    assert settings.cpus == (0,) and Settings().cpus == ()
 
 
 def test_help_lists_every_flag_with_its_environment_variable(
@@ -431,6 +433,8 @@ def test_help_lists_every_flag_with_its_environment_variable(
         (["--port", "eighty"], "invalid int value"),
         (["--log-level", "chatty"], "invalid choice"),
         (["--memory-index", "hnsw"], "invalid choice"),
+        (["--cpus", "0,4096"], "[4096] are not available to this process"),
+        (["--cpus", "0;1"], "CPU numbers separated by commas"),
     ],
 )
 def test_bad_settings_exit_with_a_clear_message(
