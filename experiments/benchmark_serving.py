@@ -187,6 +187,15 @@ def bucket_quantile(before: dict[float, float], after: dict[float, float], q: fl
     return "n/a"
 
 
+def share_within(before: dict[float, float], after: dict[float, float], bound: float) -> str:
+    """The share of the observations between two scrapes that took at most ``bound`` seconds
+    (a bucket's upper bound)."""
+    total = after.get(float("inf"), 0.0) - before.get(float("inf"), 0.0)
+    if total <= 0 or bound not in after:
+        return "n/a"
+    return f"{(after[bound] - before.get(bound, 0.0)) / total:.2%}"
+
+
 # --- the clients ----------------------------------------------------------------------------
 
 
@@ -380,6 +389,9 @@ def report(args: argparse.Namespace, parts: list[dict[str, Any]], before: dict[s
             target = "< 2 ms" if name == "bosslab_decision_seconds" and q == 0.99 else ""
             rows.append((f"server {label} p{int(q * 100)}",
                          bucket_quantile(before[name], after[name], q), target))
+    rows.append(("server decisions (brain) within 2 ms",
+                 share_within(before[HISTOGRAMS["decision (brain)"]],
+                              after[HISTOGRAMS["decision (brain)"]], 0.002), ">= 99%"))
     print(f"\n{args.sessions} sessions, {args.rate} decisions/s target, {args.duration:g} s "
           f"measured after {args.warmup:g} s warm-up, {args.clients} client processes "
           f"(--client {args.client}), "

@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 
-from experiments.benchmark_serving import Tally, open_sessions, scripted_bundle
+from experiments.benchmark_serving import (
+    Tally,
+    bucket_quantile,
+    open_sessions,
+    scripted_bundle,
+    share_within,
+)
 from experiments.load_clients import AnswerError, LeanSession, SessionClosedError
 from serving.brain import MemoryBrain
 from serving.bundle import load_bundle, write_scripted_bundle
@@ -115,3 +121,14 @@ def test_the_benchmark_bundle_can_start_with_a_learnt_memory(tmp_path: Path) -> 
     assert isinstance(brain, MemoryBrain)
     search = brain.reader.memory.search_any(brain.reader.memory.records().keys[:5], k=3)
     assert (search.distances[:, 0] == 0).all()  # the stored keys are found again
+
+
+def test_histogram_readings_cover_only_the_window_between_two_scrapes() -> None:
+    inf = float("inf")
+    before = {0.001: 10.0, 0.002: 20.0, inf: 20.0}
+    after = {0.001: 60.0, 0.002: 119.0, inf: 120.0}  # the window: 50 <= 1 ms, 99 <= 2 ms, 100
+    assert bucket_quantile(before, after, 0.5) == "<= 1 ms"
+    assert bucket_quantile(before, after, 0.99) == "<= 2 ms"
+    assert bucket_quantile(before, after, 0.999) == "> 100 ms"
+    assert share_within(before, after, 0.002) == "99.00%"
+    assert share_within(before, before, 0.002) == "n/a"
