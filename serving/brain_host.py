@@ -363,12 +363,14 @@ class Turns:
             size, decisions = answer.result()
             parts = list(_split_decisions(decisions or (0.0, [], np.zeros((0, 0))), counts))
         for lessons_learnt in learnt:
-            _settle(lessons_learnt, size)
+            settle(lessons_learnt, size)
         for (_, decisions_made), part in zip(decided, parts, strict=True):
-            _settle(decisions_made, part)
+            settle(decisions_made, part)
 
 
-def _settle(future: asyncio.Future[Any], result: Any) -> None:
+def settle(future: asyncio.Future[Any], result: Any) -> None:
+    """Resolve ``future`` with ``result``, or fail it when ``result`` is an exception (nothing
+    if it is already done: cancelled by its caller)."""
     if future.done():
         return
     if isinstance(result, BaseException):

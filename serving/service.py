@@ -55,7 +55,14 @@ from envs.observation import Situation
 from serving.affinity import worker_cpus
 from serving.auth import AuthError, check_api_key, hash_api_key, issue_token, new_api_key
 from serving.brain import Key, MemoryBrain
-from serving.brain_host import BrainHost, BrainsLost, RemoteBrain, Result, decide_each
+from serving.brain_host import (
+    BrainHost,
+    BrainsLost,
+    RemoteBrain,
+    Result,
+    decide_each,
+    settle,
+)
 from serving.bundle import Bundle
 from serving.decisions import BossBrain, Decision, Lesson
 from serving.limits import ConnectionLimit
@@ -215,12 +222,7 @@ class DecisionBatch:
         """Each request's decision and key, or why it failed."""
         self.seconds = seconds
         for future, result in zip(self.waiting, results, strict=True):
-            if future.cancelled():
-                continue
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+            settle(future, result)
 
 
 class LessonBatch:
