@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.load_clients import LeanSession
+from serving.affinity import allowed_cpus
 from serving.client import BossClient
 
 CONTEXT = {"frequent_actions": ["light_attack", "dodge"], "dodge_frequency": 0.6,
@@ -408,9 +409,9 @@ def report(args: argparse.Namespace, parts: list[dict[str, Any]], before: dict[s
 
 def default_server_cpus() -> str:
     """The first and last CPU this process may use (one CPU: that one; none on non-Linux)."""
-    if not hasattr(os, "sched_getaffinity"):
+    cpus = sorted(allowed_cpus() or ())
+    if not cpus:
         return ""
-    cpus = sorted(os.sched_getaffinity(0))
     return ",".join(str(cpu) for cpu in dict.fromkeys((cpus[0], cpus[-1])))
 
 

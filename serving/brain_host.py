@@ -268,7 +268,11 @@ class RemoteBrain:
                          session_ids: Sequence[str]) -> asyncio.Future[int]:
         """``MemoryBrain.learn_keyed`` in the child; resolves with the memory's size after
         it. See :class:`Turns` for how requests are batched."""
-        return self._turns.learn(list(zip(keys, moves, values, session_ids, strict=True)))
+        return self.learn_rows_soon(list(zip(keys, moves, values, session_ids, strict=True)))
+
+    def learn_rows_soon(self, rows: Sequence[LessonRow]) -> asyncio.Future[int]:
+        """:meth:`learn_keyed_soon` of lessons given as rows (key, move, value, session_id)."""
+        return self._turns.learn(list(rows))
 
     def _send_turn(self, lessons: list[LessonRow],
                    situations: list[Situation]) -> asyncio.Future[TurnAnswer]:

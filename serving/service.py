@@ -58,6 +58,7 @@ from serving.brain import Key, MemoryBrain
 from serving.brain_host import (
     BrainHost,
     BrainsLost,
+    LessonRow,
     RemoteBrain,
     Result,
     decide_each,
@@ -232,7 +233,7 @@ class LessonBatch:
 
     def __init__(self, brain: MemoryBrain | RemoteBrain) -> None:
         self.brain = brain
-        self.rows: list[tuple[Key, str, float, str]] = []
+        self.rows: list[LessonRow] = []
         loop = asyncio.get_running_loop()
         self.learnt: asyncio.Future[int] = loop.create_future()
         loop.call_soon(self._flush)
@@ -242,11 +243,11 @@ class LessonBatch:
         return self.learnt
 
     def _flush(self) -> None:
-        keys, moves, values, session_ids = zip(*self.rows, strict=True)
         if isinstance(self.brain, RemoteBrain):
-            learnt = self.brain.learn_keyed_soon(keys, moves, values, session_ids)
+            learnt = self.brain.learn_rows_soon(self.rows)
             learnt.add_done_callback(self._learnt)
             return
+        keys, moves, values, session_ids = zip(*self.rows, strict=True)
         try:
             self.learnt.set_result(self.brain.learn_keyed(keys, moves, values, session_ids))
         except Exception as error:  # reaches every outcome of the batch
