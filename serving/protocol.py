@@ -181,10 +181,15 @@ def _non_finite(constant: str) -> float:
     return math.nan if constant == "NaN" else math.inf
 
 
+_DECODER = json.JSONDecoder(parse_constant=_non_finite)
+"""One decoder for every frame (``json.loads`` with a keyword builds a new one per call)."""
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def parse_message(text: str) -> Message:
     """A client text frame as a validated :class:`Message`; raises :class:`ProtocolError`."""
     try:
-        raw = json.loads(text, parse_constant=_non_finite)
+        raw = _DECODER.decode(text)
     except (ValueError, RecursionError) as error:
         raise ProtocolError("invalid_json", f"the frame is not valid JSON ({error}); send one "
                             "JSON object per text frame") from None
@@ -213,7 +218,7 @@ def parse_message(text: str) -> Message:
 def peek_request_id(text: str) -> str | None:
     """The request_id of a frame, if it parses (to echo it on errors that skip validation)."""
     try:
-        raw = json.loads(text, parse_constant=_non_finite)
+        raw = _DECODER.decode(text)
     except (ValueError, RecursionError):
         return None
     return _echoable(raw.get("request_id")) if isinstance(raw, dict) else None
@@ -390,7 +395,7 @@ def encode(kind: str, data: Mapping[str, Any], request_id: str | None = None) ->
     message: dict[str, Any] = {"type": kind, "data": data}
     if request_id is not None:
         message["request_id"] = request_id
-    return json.dumps(message, separators=(",", ":"))
+    return _COMPACT.encode(message)
 
 
 def error_message(code: str, message: str, request_id: str | None = None) -> str:

@@ -168,13 +168,12 @@ class ThreadServer(LoopbackAddress):
     for fault injection. Stop with :meth:`stop`."""
 
     def __init__(self, settings: Settings, bundles: Sequence[Any]) -> None:
+        from serving.__main__ import uvicorn_config  # noqa: PLC0415 (as above)
         from serving.main import create_app  # noqa: PLC0415 (only thread-server tests need it)
 
         self.port = settings.port
         self.app = create_app(settings, bundles)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_config=None,
-                                ws_max_size=settings.max_message_bytes, lifespan="on")
-        self.server = uvicorn.Server(config)
+        self.server = uvicorn.Server(uvicorn_config(self.app, settings))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         wait_until(lambda: self.server.started, START_TIMEOUT, "the thread server to start")
