@@ -2,7 +2,8 @@
 
     python -m experiments.benchmark_serving [--sessions 1000] [--rate 1000] [--duration 20]
         [--clients 4] [--client raw|boss] [--database sqlite:///PATH] [--bundle PATH]
-        [--memory-entries N] [--server-cpus N,N] [--server-flag=FLAG ...]
+        [--memory-entries N] [--server-cpus N,N] [--stall-probe SECONDS]
+        [--server-flag=FLAG ...]
 
 Starts ``python -m serving`` (SQLite in a temporary directory by default, a scripted bundle
 unless ``--bundle`` is given, its memory empty or already holding ``--memory-entries``
@@ -11,7 +12,8 @@ last, ``--cpus``, unless ``--server-cpus ''``) on a free loopback port, register
 then starts ``--clients`` client processes holding ``--sessions`` WebSocket sessions between
 them. Every session asks for a move and then reports its outcome on a fixed schedule, so the
 total is ``--rate`` decisions/s (and as many outcomes/s). After ``--warmup`` seconds it
-measures for ``--duration`` seconds and prints:
+measures for ``--duration`` seconds and prints (with, in its header, the host's stalls of
+each CPU measured just before and after the run: ``experiments.host_stalls``):
 
 - decisions/s achieved, end-to-end latency (client send -> response received) p50/p99/max,
   the outcome round trip p50/p99, errors;
@@ -60,6 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from experiments import host_stalls
 from experiments.load_clients import LeanSession
 from serving.affinity import allowed_cpus
 from serving.client import BossClient
@@ -399,6 +402,11 @@ def report(args: argparse.Namespace, parts: list[dict[str, Any]], before: dict[s
           f"{os.cpu_count()} CPUs ({platform.system()} {platform.release()}), load average "
           f"before {args.load_before}, clients at nice {args.client_nice}, server "
           f"{'--cpus ' + args.server_cpus if args.server_cpus else 'not pinned'}")
+    if args.stalls_before or args.stalls_after:
+        print(f"host stalls, a process spinning on each CPU for {args.stall_probe:g} s "
+              "(experiments.host_stalls): before the run "
+              f"{host_stalls.summary(args.stalls_before)}; after it "
+              f"{host_stalls.summary(args.stalls_after)}")
     print("| measure | value | target |\n|---|---|---|")
     for label, value, target in rows:
         print(f"| {label} | {value} | {target} |")
@@ -436,6 +444,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the server's --cpus: its event loop on the first CPU, its brain "
                              "and storage processes on the others (default: the first and last "
                              "CPU this process may use; '' pins nothing)")
+    parser.add_argument("--stall-probe", type=float, default=2.0, metavar="SECONDS",
+                        help="before and after the run, spin on each CPU for this long and "
+                             "report the host's stalls (experiments.host_stalls; 0 skips it)")
     parser.add_argument("--server-flag", action="append", default=[], metavar="FLAG",
                         help="a flag for python -m serving, e.g. --server-flag=--no-brain-process")
     args = parser.parse_args(argv)
@@ -447,19 +458,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    args.stalls_before = probe_stalls(args.stall_probe)
     workdir = Path(tempfile.mkdtemp(prefix="bosslab-bench-"))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = start_server(args, workdir, port)
     try:
-        run_load(args, base, server.pid)
+        measured = run_load(args, base, server.pid)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
         print(f"(server log: {workdir / 'server.log'})")
+    args.stalls_after = probe_stalls(args.stall_probe)
+    report(args, *measured)
 
 
-def run_load(args: argparse.Namespace, base: str, server_pid: int) -> None:
+def probe_stalls(seconds: float) -> list[host_stalls.Stalls]:
+    """The host's stalls of every CPU this process may use (none where it cannot pin)."""
+    cpus = allowed_cpus()
+    return host_stalls.measure(cpus, seconds) if seconds > 0 and cpus else []
+
+
+Measured = tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]
+"""What a run measured: each client process's part, the server's histograms before and
+after the measured window."""
+
+
+def run_load(args: argparse.Namespace, base: str, server_pid: int) -> Measured:
     game = register(base)
     context = mp.get_context("spawn")
     ready, go, results = context.Semaphore(0), context.Event(), context.Queue()
@@ -489,7 +514,7 @@ def run_load(args: argparse.Namespace, base: str, server_pid: int) -> None:
     parts = [results.get(timeout=args.duration + 120) for _ in processes]
     for process in processes:
         process.join(30)
-    report(args, parts, before, after)
+    return parts, before, after
 
 
 if __name__ == "__main__":

@@ -1,0 +1,54 @@
+"""The host-stall probe of the load benchmark (``experiments.host_stalls``): a process that is
+not run for a while is seen stalled for that long, and a quiet spin reports its own length."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+
+import pytest
+
+from experiments.host_stalls import Stalls, measure, spin, summary
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"),
+                                reason="the probe pins processes: Linux only")
+
+
+def _spin_into(queue: mp.Queue[Stalls], cpu: int, seconds: float) -> None:
+    queue.put(spin(cpu, seconds))
+
+
+def test_a_process_stopped_for_80_ms_sees_one_stall_of_about_that_long() -> None:
+    cpu = min(os.sched_getaffinity(0))
+    context = mp.get_context("spawn")
+    queue: mp.Queue[Stalls] = context.Queue()
+    spinner = context.Process(target=_spin_into, args=(queue, cpu, 1.5))
+    spinner.start()
+    try:
+        time.sleep(0.6)  # started and spinning
+        assert spinner.pid is not None
+        os.kill(spinner.pid, signal.SIGSTOP)
+        time.sleep(0.08)
+        os.kill(spinner.pid, signal.SIGCONT)
+        stalls = queue.get(timeout=30)
+    finally:
+        spinner.join(30)
+    assert stalls.cpu == cpu
+    assert 0.075 <= stalls.longest < 1.0
+    assert stalls.stalled >= stalls.longest
+    assert stalls.over_1ms >= 1
+    assert 1.4 <= stalls.seconds < 3.0
+    assert 0.04 < stalls.share < 0.7
+
+
+def test_every_cpu_asked_for_is_probed_once_for_the_time_asked() -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    stalls = measure(cpus + cpus[:1], 0.2)
+    assert [s.cpu for s in stalls] == cpus
+    for one in stalls:
+        assert 0.2 <= one.seconds < 0.5
+        assert 0.0 <= one.stalled <= one.seconds
+        assert one.longest <= one.stalled
+    assert summary(stalls).startswith(f"cpu{cpus[0]} ")
