@@ -13,7 +13,8 @@ then starts ``--clients`` client processes holding ``--sessions`` WebSocket sess
 them. Every session asks for a move and then reports its outcome on a fixed schedule, so the
 total is ``--rate`` decisions/s (and as many outcomes/s). After ``--warmup`` seconds it
 measures for ``--duration`` seconds and prints (with, in its header, the host's stalls of
-each CPU measured just before and after the run: ``experiments.host_stalls``):
+each CPU and the cost of a wake-up between CPUs, measured just before and after the run:
+``experiments.host_stalls``):
 
 - decisions/s achieved, end-to-end latency (client send -> response received) p50/p99/max,
   the outcome round trip p50/p99, errors;
@@ -402,11 +403,9 @@ def report(args: argparse.Namespace, parts: list[dict[str, Any]], before: dict[s
           f"{os.cpu_count()} CPUs ({platform.system()} {platform.release()}), load average "
           f"before {args.load_before}, clients at nice {args.client_nice}, server "
           f"{'--cpus ' + args.server_cpus if args.server_cpus else 'not pinned'}")
-    if args.stalls_before or args.stalls_after:
-        print(f"host stalls, a process spinning on each CPU for {args.stall_probe:g} s "
-              "(experiments.host_stalls): before the run "
-              f"{host_stalls.summary(args.stalls_before)}; after it "
-              f"{host_stalls.summary(args.stalls_after)}")
+    if args.host_before:
+        print(f"host before the run (experiments.host_stalls): {args.host_before}\n"
+              f"host after it: {args.host_after}")
     print("| measure | value | target |\n|---|---|---|")
     for label, value, target in rows:
         print(f"| {label} | {value} | {target} |")
@@ -445,8 +444,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "and storage processes on the others (default: the first and last "
                              "CPU this process may use; '' pins nothing)")
     parser.add_argument("--stall-probe", type=float, default=2.0, metavar="SECONDS",
-                        help="before and after the run, spin on each CPU for this long and "
-                             "report the host's stalls (experiments.host_stalls; 0 skips it)")
+                        help="before and after the run, spin on each CPU for this long, time "
+                             "1,000 wake-ups between CPUs, and report the host's stalls and "
+                             "wake-up cost (experiments.host_stalls; 0 skips both)")
     parser.add_argument("--server-flag", action="append", default=[], metavar="FLAG",
                         help="a flag for python -m serving, e.g. --server-flag=--no-brain-process")
     args = parser.parse_args(argv)
@@ -458,7 +458,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    args.stalls_before = probe_stalls(args.stall_probe)
+    args.host_before = probe_host(args.stall_probe)
     workdir = Path(tempfile.mkdtemp(prefix="bosslab-bench-"))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -469,14 +469,15 @@ def main(argv: list[str] | None = None) -> None:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
         print(f"(server log: {workdir / 'server.log'})")
-    args.stalls_after = probe_stalls(args.stall_probe)
+    args.host_after = probe_host(args.stall_probe)
     report(args, *measured)
 
 
-def probe_stalls(seconds: float) -> list[host_stalls.Stalls]:
-    """The host's stalls of every CPU this process may use (none where it cannot pin)."""
+def probe_host(seconds: float) -> str:
+    """The host's stalls of every CPU this process may use and the cost of a wake-up between
+    them ("" where it cannot pin, or with ``--stall-probe 0``)."""
     cpus = allowed_cpus()
-    return host_stalls.measure(cpus, seconds) if seconds > 0 and cpus else []
+    return host_stalls.probe(cpus, seconds) if seconds > 0 and cpus else ""
 
 
 Measured = tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]

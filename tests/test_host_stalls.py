@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from experiments.host_stalls import Stalls, measure, spin, summary
+from experiments.host_stalls import Stalls, measure, probe, spin, summary, wake_ups
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"),
                                 reason="the probe pins processes: Linux only")
@@ -52,3 +52,13 @@ def test_every_cpu_asked_for_is_probed_once_for_the_time_asked() -> None:
         assert 0.0 <= one.stalled <= one.seconds
         assert one.longest <= one.stalled
     assert summary(stalls).startswith(f"cpu{cpus[0]} ")
+
+
+def test_wake_up_round_trips_are_timed_between_the_two_cpus() -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    trips = wake_ups(cpus[0], cpus[-1], trips=50)
+    assert (trips.first, trips.last) == (cpus[0], cpus[-1])
+    assert 0.0 < trips.p50 <= trips.p99 <= trips.longest < 1.0
+    line = probe(cpus, 0.1, trips=20)
+    assert line.startswith("stalls over 0.1 s: cpu")
+    assert ("wake-up round trip" in line) == (len(cpus) > 1)
