@@ -31,7 +31,9 @@ gets an id). :meth:`EpisodicMemory.remove` deletes entries by id and ignores ids
 (or no longer) stored. Eviction costs one removal per touched move per :meth:`add` call, so
 add in batches when the memory is full. Keys are held twice, in the index and in the columns
 (which keep up to 1.5 x capacity rows between compactions): at most about
-2.5 x capacity x dim x 4 bytes, 320 MB for a million keys of 32 floats.
+2.5 x capacity x dim x 4 bytes, 320 MB for a million keys of 32 floats. Persona tags that no
+stored entry carries any more are forgotten once they outnumber ``PERSONA_TAGS_KEPT`` and twice
+the entries, so a server tagging entries with every session stays bounded.
 
 Indexes (:class:`MemoryConfig` ``index``), one per move:
 
@@ -383,6 +385,18 @@ class EpisodicMemory:
         for move, rows in groups:
             self._indexes[move].add(batch.keys[rows], ids[rows])
         self._rebuild_if_needed(move for move, _ in groups)
+        if len(self._persona_tags) > max(PERSONA_TAGS_KEPT, 2 * len(self._entries)):
+            self._drop_unused_personas()
+
+    def _drop_unused_personas(self) -> None:
+        """Forget the tags of evicted or removed entries; the others keep their order."""
+        codes = self._entries.column("personas")
+        used = np.unique(codes)
+        renumbered = np.full(len(self._persona_tags), -1, dtype=np.int32)
+        renumbered[used] = np.arange(len(used), dtype=np.int32)
+        codes[:] = renumbered[codes]  # a view of the live rows: renumbered in place
+        self._persona_tags = [self._persona_tags[code] for code in used.tolist()]
+        self._persona_codes = {tag: code for code, tag in enumerate(self._persona_tags)}
 
     def _remove_from_indexes(self, ids: np.ndarray, moves: np.ndarray) -> None:
         groups = _rows_by_move(moves)
@@ -536,6 +550,9 @@ _COLUMNS = ("ids", "keys", "moves", "values", "outcomes", "personas", "times")
 _COLUMN_DTYPES = {"ids": np.int64, "keys": np.float32, "moves": np.int64, "values": np.float32,
                   "outcomes": np.float32, "personas": np.int32, "times": np.float64}
 MIN_BUFFER = 16  # rows
+PERSONA_TAGS_KEPT = 1024
+"""Tags no live entry carries are dropped once there are more tags than this and than twice
+the live entries (a server tags entries with every session it has served)."""
 
 
 class _Entries:

@@ -12,7 +12,14 @@ import faiss
 import numpy as np
 import pytest
 
-from rag.memory import INDEX_KINDS, EpisodicMemory, IndexKind, MemoryConfig, Records
+from rag.memory import (
+    INDEX_KINDS,
+    PERSONA_TAGS_KEPT,
+    EpisodicMemory,
+    IndexKind,
+    MemoryConfig,
+    Records,
+)
 from rag.retrieval import (
     MoveNeighbours,
     blend_values,
@@ -540,3 +547,21 @@ def assert_consistent(queries: np.ndarray, ids: np.ndarray, distances: np.ndarra
     np.testing.assert_allclose(distances[valid], expected, rtol=1e-4, atol=1e-5)
     for row in ids.reshape(-1, ids.shape[-1]):
         assert len(set(row[row >= 0].tolist())) == int((row >= 0).sum())
+
+
+def test_tags_of_evicted_entries_are_dropped_and_live_ones_kept(tmp_path: Any) -> None:
+    memory = EpisodicMemory(MemoryConfig(dim=DIM, moves=MOVES, capacity=50))
+    keys = np.random.default_rng(0).standard_normal((3000, DIM)).astype(np.float32)
+    for start in range(0, 3000, 2):  # a server: every session its own tag, two lessons a time
+        memory.add(keys[start:start + 2], start % MOVES, 0.5, 1.0,
+                   [f"session-{start}", f"session-{start + 1}"], float(start))
+
+    assert len(memory._persona_tags) <= PERSONA_TAGS_KEPT + 2
+    assert len(memory._persona_codes) == len(memory._persona_tags)
+    records = memory.records()
+    np.testing.assert_array_equal(records.ids, np.arange(2950, 3000))
+    assert records.personas.tolist() == [f"session-{i}" for i in range(2950, 3000)]
+    memory.save(tmp_path)
+    assert EpisodicMemory.load(tmp_path).records().personas.tolist() == records.personas.tolist()
+    memory.add(keys[:1], 0, 0.5, 1.0, "session-2999", 0.0)  # a known tag keeps its code
+    assert memory.records().personas.tolist()[-2:] == ["session-2999", "session-2999"]
