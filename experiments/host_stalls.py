@@ -18,9 +18,10 @@ CPU, which sends it back; both CPUs are idle in between, so each trip wakes a ha
 CPU, as the server's processes are woken under a moderate load. It prints the round trip's
 p50, p99 and maximum.
 
-Measured on this lab's 2-vCPU VMs, at different hours of one day: stalls of 0.2-4% of the time
-with both CPUs spinning for 5 s, the longest 4-33 ms, and none with one CPU spinning alone;
-wake-up round trips p50 82-84 us, p99 178-225 us, against 15 us between two busy CPUs.
+Measured on this lab's 2-vCPU VMs on 2026-12-03 (2 s probes around load runs, a few of 5 s):
+stalls of 0-4% of a CPU, the longest 0.3-8.6 ms (33 ms once, with the same loop in C), and
+none over 0.5 ms with one CPU spinning alone; wake-up round trips p50 64-119 us and p99
+153-357 us, single ones up to 80 ms, against 15 us between two busy CPUs.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import NamedTuple
 
 STALL_NS = 200_000
 """A gap between two clock reads longer than this (0.2 ms) is a stall; the loop reads the
-clock every 0.1 us and a guest's own interrupts take microseconds."""
+clock every fraction of a microsecond and a guest's own interrupts take microseconds."""
 
 
 class Stalls(NamedTuple):
