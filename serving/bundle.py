@@ -597,8 +597,9 @@ def served_memory_config(config: MemoryConfig, index: ServedIndex) -> MemoryConf
     entry at every write, so its steady state is ``capacity`` entries. Exact search and
     removal scan every entry of a move; IVF scans ``nprobe`` of ``nlist`` lists and removes
     through a hash table. ``nlist`` is the square root of a full move's entries (8 to 1024), so
-    a move trains its lists once it holds 39 x nlist entries (a few milliseconds, searched
-    exactly until then), and ``nprobe`` a tenth of them, at least 8 (at the default 20,000
+    a move trains its lists once it holds 39 x nlist entries (about 30 ms of CPU, in a
+    background thread at the lowest priority: the move is searched exactly until the first
+    write after they are trained), and ``nprobe`` a tenth of them, at least 8 (at the default 20,000
     entries: 8 of 82 lists, half the search time of a quarter of them, with recall@8 against
     exact search of 1.0000 on 1,000 of the load benchmark's situations and 0.9992 on 1,000
     random keys).
@@ -611,7 +612,7 @@ def served_memory_config(config: MemoryConfig, index: ServedIndex) -> MemoryConf
     nlist = min(1024, max(8, round(math.sqrt(per_move))))
     nprobe = min(nlist, max(8, nlist // 10))
     return dataclasses.replace(config, index="ivf", ivf_nlist=nlist, ivf_nprobe=nprobe,
-                               ivf_train_size=None)
+                               ivf_train_size=None, ivf_train_in_background=True)
 
 
 def empty_memory(game: GameDefinition, embedder: Mapping[str, Any] | None = None,

@@ -139,6 +139,7 @@ def test_a_server_indexes_the_memory_for_its_capacity() -> None:
     assert served_memory_config(replace(bundle_config, index="hnsw"), "exact").index == "exact"
     ivf = served_memory_config(bundle_config, "ivf")
     assert (ivf.index, ivf.ivf_nlist, ivf.ivf_nprobe, ivf.train_size) == ("ivf", 82, 8, 3198)
+    assert ivf.ivf_train_in_background  # a server's decisions never wait for k-means
     small = served_memory_config(replace(bundle_config, capacity=30), "ivf")
     assert (small.ivf_nlist, small.ivf_nprobe) == (8, 8)
     large = served_memory_config(replace(bundle_config, capacity=3_000_000), "ivf")
@@ -165,6 +166,8 @@ def test_a_full_served_memory_trains_its_lists_and_finds_what_it_stored(tmp_path
     assert isinstance(brain, MemoryBrain)
     memory = brain.reader.memory
     assert len(memory) == 12_000 and memory.config.train_size < 12_000 / 3
+    assert all(type(index.faiss_index).__name__ == "IndexIVFFlat"  # trained as it was built
+               for index in memory._indexes)
     stored = memory.records()
     found = memory.search_any(stored.keys[::600], k=1)
     assert (found.distances[:, 0] == 0).all()  # each stored key is its own nearest entry

@@ -29,7 +29,8 @@ from rag.retrieval import (
 
 DIM = 8
 MOVES = 3
-SMALL_IVF = {"ivf_nlist": 8, "ivf_nprobe": 4}  # trains once a move has 39 * 8 = 312 entries
+SMALL_IVF: dict[str, Any] = {"ivf_nlist": 8, "ivf_nprobe": 4}
+"""Trains once a move has 39 * 8 = 312 entries."""
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -305,6 +306,49 @@ def test_ivf_is_trained_once_a_move_has_enough_entries(tmp_path: Any) -> None:
 
     assert isinstance(trained, faiss.IndexIVFFlat) and trained.nlist == 8
     assert isinstance(untrained, faiss.IndexIDMap)
+
+
+def test_ivf_lists_trained_in_the_background_are_switched_to_at_a_later_write(
+        tmp_path: Any) -> None:
+    config = MemoryConfig(dim=DIM, moves=1, index="ivf", ivf_train_in_background=True,
+                          **SMALL_IVF)
+    memory = EpisodicMemory(config)
+    rng = np.random.default_rng(21)
+    memory.add(**random_batch(rng, 400, moves=1))  # past 312: training starts, not awaited
+    queries = rng.random((20, DIM), dtype=np.float32)
+    records = memory.records()
+
+    memory.save(tmp_path / "training")
+    hits = memory.search(queries, k=5)
+    memory._indexes[0].wait_for_training()  # type: ignore[attr-defined]
+    memory.save(tmp_path / "trained-not-switched")
+    memory.add(**random_batch(rng, 1, moves=1))
+    memory.save(tmp_path / "switched")
+
+    def index_in(directory: str) -> Any:
+        return faiss.read_index(str(tmp_path / directory / "move_0.faiss"))
+
+    assert isinstance(index_in("training"), faiss.IndexIDMap)  # searched exactly meanwhile
+    np.testing.assert_array_equal(hits.ids[:, 0],
+                                  brute_force(records.keys, records.ids, queries, 5)[0])
+    assert isinstance(index_in("trained-not-switched"), faiss.IndexIDMap)
+    switched = index_in("switched")
+    assert isinstance(switched, faiss.IndexIVFFlat) and switched.ntotal == 401
+    stored = memory.records()
+    found = memory.search(stored.keys[::40], k=1)
+    np.testing.assert_array_equal(found.ids[:, 0, 0], stored.ids[::40])
+
+
+def test_a_memory_rebuilt_from_records_has_its_background_lists_trained() -> None:
+    records = filled_memory(1200, seed=22).records()
+    config = MemoryConfig(dim=DIM, moves=MOVES, index="ivf", ivf_train_in_background=True,
+                          **SMALL_IVF)
+
+    rebuilt = EpisodicMemory.from_records(config, records)
+
+    for move, index in enumerate(rebuilt._indexes):
+        assert isinstance(index.faiss_index, faiss.IndexIVFFlat)
+        assert index.faiss_index.ntotal == (records.moves == move).sum()
 
 
 def test_loading_a_directory_without_a_memory_says_how_to_make_one(tmp_path: Any) -> None:
