@@ -63,8 +63,9 @@ only addition, ``reconstruct`` by id, is not needed (the keys are kept in the co
 ``remove_ids`` costs four times more (it rebuilds its reverse map).
 
 A move's IVF centroids are trained once, on the move's entries when it first reaches
-``ivf_train_size``. If the embeddings drift, rebuild:
-``EpisodicMemory.from_records(config, memory.records())``.
+``ivf_train_size``: in that write, or with ``ivf_train_in_background`` in a low-priority
+thread while the move is still searched exactly (a server's choice). If the embeddings
+drift, rebuild: ``EpisodicMemory.from_records(config, memory.records())``.
 
 Threads. FAISS indexes are not safe for concurrent writes and searches, so the memory holds a
 readers-writer lock: searches, :meth:`records`, ``len`` and :meth:`save` share it (and run
