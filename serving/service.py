@@ -46,7 +46,6 @@ import uuid
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Any, NamedTuple, Protocol
@@ -166,9 +165,9 @@ ACTION_ID_LENGTH = 16 + 16 + 2 + MAC_LENGTH
 
 
 class Committer(Protocol):
-    """A group-commit writer (``serving.writer``): ``submit`` resolves once committed."""
+    """A group-commit writer (``serving.writer``): ``submit_soon`` resolves once committed."""
 
-    def submit(self, item: Any) -> Future[Any]: ...
+    def submit_soon(self, item: Any) -> asyncio.Future[Any]: ...
 
     def close(self, timeout: float | None = 30.0) -> None: ...
 
@@ -555,16 +554,16 @@ class Service:
         the commit (its action_id is recognised without the database, see :class:`ActionIds`),
         except while storage is failing: then it waits, so the game hears ``unavailable``."""
         try:
-            future = self.decision_writer.submit(record)
+            future = self.decision_writer.submit_soon(record)
         except RuntimeError as error:  # the writer is closed: the server is stopping
             raise Unavailable("the server is shutting down: nothing was stored; send the "
                               "request again after reconnecting") from error
         future.add_done_callback(lambda done: self._decision_stored(done, decided))
         if self.storage_failing:
-            await asyncio.wrap_future(future)
+            await future
 
-    def _decision_stored(self, future: Future[Any], decided: float) -> None:
-        """In the writer's thread, once a decision's commit is over."""
+    def _decision_stored(self, future: asyncio.Future[Any], decided: float) -> None:
+        """On the event loop, once a decision's commit is over."""
         error = None if future.cancelled() else future.exception()
         self.storage_failing = isinstance(error, StorageUnavailable)
         if error is not None and not self.storage_failing:
@@ -608,11 +607,11 @@ class Service:
 
     async def _store_outcome(self, record: OutcomeRecord) -> bool:
         try:
-            future = self.outcome_writer.submit(record)
+            future = self.outcome_writer.submit_soon(record)
         except RuntimeError as error:
             raise Unavailable("the server is shutting down: nothing was stored; send the "
                               "outcome again after reconnecting") from error
-        return bool(await asyncio.wrap_future(future))
+        return bool(await future)
 
     def _stand_in(self, game: GameRuntime, outcome: OutcomeRecord) -> DecisionRecord | None:
         """A stand-in for the decision of an action_id this server issued but never stored

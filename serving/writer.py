@@ -4,7 +4,9 @@ A commit that must reach the disk costs the same for one row as for a hundred, s
 layer does not commit each record itself: it calls ``submit(record)`` and awaits the returned
 :class:`concurrent.futures.Future` (``await asyncio.wrap_future(future)``). A background
 thread takes whatever is pending, stores it in one transaction, then resolves every future of
-the batch. Under light load a record is committed at once; under heavy load commits happen
+the batch. On an event loop, ``await writer.submit_soon(record)`` is the same with an asyncio
+future: the thread hands a batch's results to each loop in one call, rather than one per
+record. Under light load a record is committed at once; under heavy load commits happen
 at most every ``min_interval`` seconds and carry everything that arrived meanwhile.
 
 :class:`StorageWriter` takes decisions and outcomes through one thread, each batch's
@@ -20,12 +22,14 @@ was stored. A future cancelled before its batch starts is dropped, not stored.
 Example::
 
     writer = StorageWriter(storage)
-    await asyncio.wrap_future(writer.submit(record))  # committed: safe to answer the game
+    await writer.submit_soon(record)  # committed: safe to answer the game
     writer.close()  # flushes what is pending
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import multiprocessing
 import queue
@@ -57,6 +61,8 @@ Result = TypeVar("Result")
 MAX_BATCH = 1000
 MIN_INTERVAL = 0.001
 _STOP = object()
+Waiter = Future[Any] | asyncio.Future[Any]
+"""A submitted item's future: concurrent (``submit``) or of an event loop (``submit_soon``)."""
 
 
 class GroupCommitter(Generic[Item, Result]):
@@ -92,11 +98,20 @@ class GroupCommitter(Generic[Item, Result]):
     def submit(self, item: Item) -> Future[Result]:
         """Queue ``item``; the future resolves once the batch holding it is committed."""
         future: Future[Result] = Future()
+        self._put(item, future)
+        return future
+
+    def submit_soon(self, item: Item) -> asyncio.Future[Result]:
+        """:meth:`submit` from the running event loop: an asyncio future of the result."""
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._put(item, future)
+        return future
+
+    def _put(self, item: Item, future: Waiter) -> None:
         with self._closing:
             if self._closed:
                 raise RuntimeError(f"{self._thread.name} is closed: no more records accepted")
             self._pending.put((item, future))
-        return future
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Commit everything submitted so far, then stop the thread (idempotent)."""
@@ -124,15 +139,16 @@ class GroupCommitter(Generic[Item, Result]):
             if batch:
                 self._commit_batch(batch)
 
-    def _take_batch(self) -> tuple[list[tuple[Item, Future[Result]]], bool]:
+    def _take_batch(self) -> tuple[list[tuple[Item, Waiter]], bool]:
         """Block for one entry, then take whatever else is pending (up to ``max_batch``)."""
-        batch: list[tuple[Item, Future[Result]]] = []
+        batch: list[tuple[Item, Waiter]] = []
         entry = self._pending.get()
         while True:
             if entry is _STOP:
                 return batch, True
-            item, future = typing.cast(tuple[Item, Future[Result]], entry)
-            if future.set_running_or_notify_cancel():
+            item, future = typing.cast(tuple[Item, Waiter], entry)
+            if (future.set_running_or_notify_cancel() if isinstance(future, Future)
+                    else not future.cancelled()):
                 batch.append((item, future))
             if len(batch) >= self._max_batch:
                 return batch, False
@@ -141,7 +157,7 @@ class GroupCommitter(Generic[Item, Result]):
             except queue.Empty:
                 return batch, False
 
-    def _commit_batch(self, batch: list[tuple[Item, Future[Result]]]) -> None:
+    def _commit_batch(self, batch: list[tuple[Item, Waiter]]) -> None:
         try:
             results = self._commit([item for item, _ in batch])
         except Exception as error:  # every failure goes to the waiting callers
@@ -154,11 +170,29 @@ class GroupCommitter(Generic[Item, Result]):
             )
         self.batches += 1
         self.records += len(batch)
+        on_loops: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
         for (_, future), result in zip(batch, results, strict=True):
-            if isinstance(result, BaseException):
-                future.set_exception(result)
+            if isinstance(future, Future):
+                _settle(future, result)
             else:
-                future.set_result(result)
+                on_loops.setdefault(future.get_loop(), []).append((future, result))
+        for loop, settled in on_loops.items():
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(_settle_all, settled)
+
+
+def _settle(future: Waiter, result: Any) -> None:
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+def _settle_all(settled: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    """On the futures' event loop: resolve every one not cancelled meanwhile."""
+    for future, result in settled:
+        if not future.done():
+            _settle(future, result)
 
 
 class StorageWriter(GroupCommitter[DecisionRecord | OutcomeRecord, bool | None]):

@@ -94,7 +94,7 @@ def test_storage_down_answers_unavailable_and_loses_nothing(server: ThreadServer
         service.decision_writer = service.outcome_writer = StorageWriter(down)  # type: ignore[arg-type]
         lost = await ask(ws, "boss_action_request", move_request(), "before-known")
         assert lost["type"] == "boss_action_response"
-        for _ in range(100):  # its commit fails in the writer's thread
+        for _ in range(100):  # its commit fails (reported on the event loop)
             if service.storage_failing:
                 break
             await asyncio.sleep(0.05)

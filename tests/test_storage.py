@@ -10,6 +10,7 @@ Run as a script (``python -m tests.test_storage URL MODE``) this module is the c
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import signal
@@ -480,6 +481,31 @@ def test_a_cancelled_submission_is_not_stored(storage: Storage, child: bool) -> 
     assert cancelled.cancel()
     writer.close()
     assert storage.stats("game-a").outcomes == 1
+
+
+@WRITER_MODES
+def test_submissions_from_an_event_loop_resolve_there_once_committed(
+    storage: Storage, child: bool
+) -> None:
+    _with_game(storage, "a1")
+    writer = StorageWriter(storage, min_interval=0.05, child_process=child)
+
+    async def submit_all() -> tuple[list[Any], asyncio.Future[Any]]:
+        futures = [writer.submit_soon(record) for record in (
+            _decision("d1"), _outcome("a1"), _outcome("a1"), _outcome("nope"))]
+        cancelled = writer.submit_soon(_decision("d2"))
+        cancelled.cancel()  # before its batch starts: not stored
+        answers = await asyncio.gather(*futures, return_exceptions=True)
+        assert all(future.get_loop() is asyncio.get_running_loop() for future in futures)
+        return answers, cancelled
+
+    answers, cancelled = asyncio.run(submit_all())
+    writer.close()
+    assert answers[:3] == [None, True, False]
+    assert isinstance(answers[3], UnknownAction)
+    assert cancelled.cancelled()
+    assert storage.get_decision("game-a", "d1") is not None
+    assert storage.get_decision("game-a", "d2") is None
 
 
 def test_writer_failures_reach_every_waiting_caller() -> None:
