@@ -32,6 +32,7 @@ import collections
 import itertools
 import multiprocessing
 import os
+import pickle
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -146,8 +147,8 @@ class BrainHost:
             if self.lost or self.closed or generation not in (None, self.generation):
                 raise _lost()
             try:
-                self._blocking_pipe.send(request)
-                failed, answer = self._blocking_pipe.recv()
+                _send(self._blocking_pipe, request)
+                failed, answer = _receive(self._blocking_pipe)
             except (EOFError, OSError):
                 raise _lost() from None
         if failed:
@@ -167,7 +168,7 @@ class BrainHost:
             os.set_blocking(self._answers.fileno(), True)  # a message is read whole
             self._loop = loop
         try:
-            self._requests.send(request)
+            _send(self._requests, request)
         except (EOFError, OSError):
             self._child_lost()
             future.set_exception(_lost())
@@ -177,7 +178,7 @@ class BrainHost:
 
     def _on_answer(self) -> None:
         try:
-            failed, answer = self._answers.recv()
+            failed, answer = _receive(self._answers)
         except (EOFError, OSError):
             self._child_lost()
             return
@@ -390,6 +391,16 @@ def _split_decisions(answer: Decided, sizes: list[int]) -> list[Decisions]:
             for start, size in zip(starts, sizes, strict=True)]
 
 
+def _send(pipe: Connection, message: Any) -> None:
+    """One message on a pipe, pickled whole before anything is written (plain pickle:
+    ``Connection.send``'s ForkingPickler copies a dispatch table for every message)."""
+    pipe.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
+
+
+def _receive(pipe: Connection) -> Any:
+    return pickle.loads(pipe.recv_bytes())
+
+
 # --- the child process ------------------------------------------------------------------------
 
 
@@ -404,7 +415,7 @@ def _brain_child(loop_requests: Connection, loop_answers: Connection,
         for pipe in wait(list(answer_on)):
             assert isinstance(pipe, Connection)
             try:
-                request = pipe.recv()
+                request = _receive(pipe)
             except (EOFError, OSError):
                 del answer_on[pipe]
                 continue
@@ -413,7 +424,7 @@ def _brain_child(loop_requests: Connection, loop_answers: Connection,
             except Exception as error:  # the caller raises it
                 answer = (True, _picklable(error))
             try:
-                answer_on[pipe].send(answer)
+                _send(answer_on[pipe], answer)
             except OSError:  # the server is gone
                 return
 
