@@ -20,9 +20,9 @@ p50, p99 and maximum.
 
 Measured on this lab's 2-vCPU VMs on 2026-12-03 (2 s probes around load runs, a few of 5 s):
 stalls of 0-4% of a CPU, the longest 0.3-8.6 ms (33 ms once, with the same loop in C), and
-none over 0.5 ms with one CPU spinning alone; wake-up round trips p50 64-119 us and p99
-153-357 us, single ones up to 80 ms, against 15 us between two busy CPUs.
-"""
+none over 0.5 ms with one CPU spinning alone; wake-up round trips p50 57-119 us and p99
+129-428 us, single ones up to 123 ms, against 15 us between two busy CPUs. Neither predicts a
+load run: what else moves with the host is the CPU each operation costs."""
 
 from __future__ import annotations
 
