@@ -93,6 +93,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -349,12 +350,6 @@ class EpisodicMemory:
             memory._finish_training()
         return memory
 
-    def finish_training(self) -> None:
-        """Wait for the lists being trained in the background (``ivf_train_in_background``)
-        and switch those moves to them."""
-        with self._lock.writing():
-            self._finish_training()
-
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write the memory to ``directory`` (created if needed); returns its path."""
         path = Path(directory)
@@ -425,6 +420,7 @@ class EpisodicMemory:
         self._rebuild_if_needed(move for move, _ in groups)
 
     def _finish_training(self) -> None:
+        """Wait for lists trained in the background and switch their moves to them."""
         for index in self._indexes:
             if isinstance(index, _IVFIndex):
                 index.wait_for_training()
@@ -750,7 +746,8 @@ class _IVFIndex(_ExactIndex):
         if not self._config.ivf_train_in_background:
             self._switch(_trained_ivf(self._config, keys), keys, ids)
         elif self._training is None:
-            self._training = _trainer().submit(_train_quietly, self._config, keys.copy())
+            # keys is the move's rows picked by a mask: a copy the writes cannot change
+            self._training = _trainer().submit(_train_quietly, self._config, keys)
         else:
             self._switch(self._trained_in_background(keys), keys, ids)
 
@@ -785,14 +782,10 @@ def _trained_ivf(config: MemoryConfig, keys: np.ndarray) -> Any:
     return index
 
 
-_TRAINER: list[ThreadPoolExecutor] = []
-
-
+@functools.cache
 def _trainer() -> ThreadPoolExecutor:
     """The one thread that trains IVF lists in the background (started on first use)."""
-    if not _TRAINER:
-        _TRAINER.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="ivf-training"))
-    return _TRAINER[0]
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="ivf-training")
 
 
 def _train_quietly(config: MemoryConfig, keys: np.ndarray) -> Any:
