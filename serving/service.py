@@ -2,19 +2,20 @@
 paths. The routers (HTTP and WebSocket) only translate between the wire and these methods.
 
 Decision path (:meth:`Service.decide`), under the session's lock so moves count in order:
-request -> checked against the game's terms -> :class:`envs.observation.Situation` (the
-request plus the session's boss state: last move, habits) -> ``brain.decide_many`` with the
-other requests of the game in the same turn of the event loop (:class:`DecisionBatch`: one
-embedding, memory search and policy call for all; in the brain process of
-:mod:`serving.brain_host` unless ``--no-brain-process``) -> the move and the situation's memory key,
-kept for learning (one embedding per decision) -> a fresh signed ``action_id``
-(:class:`ActionIds`) -> the decision is queued for the next group commit of the
-:class:`serving.writer.StorageWriter` (in its child process) and answered without waiting for
-it -> the session counts the move. Every action_id a game ever received is recognised after a
-crash: stored, or, if the crash came between the answer and the commit (a few milliseconds),
-by its signature; an outcome of such a lost decision is kept with a stand-in decision (no
-context: not learnt), never refused as ``unknown_action``. While storage fails, decisions wait
-for their commit, so games hear ``unavailable`` instead of moves that cannot be stored.
+request -> checked against the game's terms -> :class:`envs.observation.Situation` (the request
+plus the session's boss state: last move, habits) -> ``brain.decide_many`` with the other
+requests of the game in the same turn of the event loop (:class:`DecisionBatch`: one embedding,
+memory search and policy call for all; in the brain process of :mod:`serving.brain_host` unless
+``--no-brain-process``) -> the move and the situation's memory key, kept for learning (one
+embedding per decision) -> a fresh signed ``action_id`` (:class:`ActionIds`) -> the decision is
+queued for the next group commit of the :class:`serving.loop_writer.LoopWriter` (stored by its
+storage process; a :class:`serving.writer.StorageWriter` thread for an in-memory database) and
+answered without waiting for it -> the session counts the move. Every action_id a game ever
+received is recognised after a crash: stored, or, if the crash came between the answer and the
+commit (a few milliseconds), by its signature; an outcome of such a lost decision is kept with
+a stand-in decision (no context: not learnt), never refused as ``unknown_action``. While
+storage fails, decisions wait for their commit, so games hear ``unavailable`` instead of moves
+that cannot be stored.
 
 Outcome path (:meth:`Service.record_outcome`): the outcome goes through the same writer,
 after its decision (committed, or a duplicate, or an unknown action; decisions and outcomes of
@@ -66,6 +67,7 @@ from serving.brain_host import (
 from serving.bundle import Bundle
 from serving.decisions import BossBrain, Decision, Lesson
 from serving.limits import ConnectionLimit
+from serving.loop_writer import LoopWriter
 from serving.metrics import LatencyWindow, Metrics
 from serving.protocol import (
     ActionOutcome,
@@ -165,9 +167,12 @@ ACTION_ID_LENGTH = 16 + 16 + 2 + MAC_LENGTH
 
 
 class Committer(Protocol):
-    """A group-commit writer (``serving.writer``): ``submit_soon`` resolves once committed."""
+    """A group-commit writer (``serving.loop_writer``, ``serving.writer``): ``submit_soon``
+    resolves once committed."""
 
     def submit_soon(self, item: Any) -> asyncio.Future[Any]: ...
+
+    async def aclose(self, timeout: float | None = 30.0) -> None: ...
 
     def close(self, timeout: float | None = 30.0) -> None: ...
 
@@ -334,9 +339,10 @@ class Service:
                            if settings.brain_process else None)
         """The brain process (None: brains live in this process)."""
         self._rebuilding: asyncio.Task[None] | None = None
-        writer = StorageWriter(storage, min_interval=COMMIT_INTERVAL, child_process=True,
-                               child_cpus=workers)
-        self.decision_writer: Committer = writer
+        writer: Committer = (
+            LoopWriter(storage, min_interval=COMMIT_INTERVAL, cpus=workers) if storage.shareable
+            else StorageWriter(storage, min_interval=COMMIT_INTERVAL))
+        self.decision_writer = writer
         self.outcome_writer: Committer = writer
         """Both the one writer: decisions and outcomes share its transactions."""
 
@@ -426,8 +432,8 @@ class Service:
     async def close(self) -> None:
         """Drain, flush the writer(s), close storage, stop the brain process."""
         await self.drain()
-        await asyncio.to_thread(self.decision_writer.close)
-        await asyncio.to_thread(self.outcome_writer.close)
+        await self.decision_writer.aclose()
+        await self.outcome_writer.aclose()
         await asyncio.to_thread(self.storage.close)
         if self._rebuilding is not None:
             self._rebuilding.cancel()

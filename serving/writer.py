@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import pickle
 import queue
 import signal
 import threading
@@ -120,6 +121,10 @@ class GroupCommitter(Generic[Item, Result]):
                 self._closed = True
                 self._pending.put(_STOP)
         self._thread.join(timeout)
+
+    async def aclose(self, timeout: float | None = 30.0) -> None:
+        """:meth:`close` from an event loop, without blocking it."""
+        await asyncio.to_thread(self.close, timeout)
 
     def __enter__(self) -> GroupCommitter[Item, Result]:
         return self
@@ -329,7 +334,7 @@ class StorageProcess:
 
     def _start(self) -> None:
         parent, child = self._context.Pipe()
-        process = self._context.Process(target=_storage_child, args=(self._url, child),
+        process = self._context.Process(target=storage_child, args=(self._url, child, child),
                                         name="bosslab-storage", daemon=True)
         process.start()
         pin(self._cpus, process.pid)
@@ -349,8 +354,9 @@ class StorageProcess:
             self._process = None
 
 
-def _storage_child(url: str, connection: Connection) -> None:
-    """The child's loop: a batch in, its results out, until the pipe ends."""
+def storage_child(url: str, requests: Connection, answers: Connection) -> None:
+    """The storage process's loop: a batch in from ``requests``, its results out on
+    ``answers`` (the same pipe or two), until the requests end."""
     # Ctrl-C and SIGTERM sent to the whole process group (a terminal, systemd) are the
     # server's: it drains, flushes through this child, then closes the pipe, which stops it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -359,7 +365,7 @@ def _storage_child(url: str, connection: Connection) -> None:
     try:
         while True:
             try:
-                batch = connection.recv()
+                batch = requests.recv()
             except EOFError:
                 return
             try:
@@ -368,7 +374,7 @@ def _storage_child(url: str, connection: Connection) -> None:
                 answer = (True, error if isinstance(error, StorageError)
                           else StorageUnavailable(f"storing failed: {error!r}"))
             try:
-                connection.send(answer)
+                answers.send_bytes(pickle.dumps(answer, pickle.HIGHEST_PROTOCOL))
             except OSError:  # the server is gone
                 return
     finally:

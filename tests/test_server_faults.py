@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from serving.bundle import load_bundle, write_scripted_bundle
+from serving.loop_writer import LoopWriter
 from serving.settings import Settings
 from serving.storage import StorageUnavailable
 from serving.writer import StorageWriter
@@ -89,6 +90,7 @@ def test_storage_down_answers_unavailable_and_loses_nothing(server: ThreadServer
                 break
             await asyncio.sleep(0.02)
         real = (service.storage, service.decision_writer, service.outcome_writer)
+        assert isinstance(real[1], LoopWriter) and real[2] is real[1]  # no writer thread
         down = DownStorage()
         service.storage = down
         service.decision_writer = service.outcome_writer = StorageWriter(down)  # type: ignore[arg-type]

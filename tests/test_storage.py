@@ -29,6 +29,7 @@ import pytest
 import sqlalchemy as sa
 
 from serving import storage as storage_module
+from serving.loop_writer import LoopWriter
 from serving.storage import (
     STAND_IN_VERSION,
     DecisionRecord,
@@ -536,6 +537,90 @@ def test_a_killed_storage_process_fails_its_batch_and_is_replaced(storage: Stora
         child.close()
     assert child.pid is None and storage.stats("game-a").outcomes == 2
 
+# --- group commit from the event loop (serving.loop_writer) -------------------------------------
+
+
+def test_loop_writer_commits_in_batches_and_answers_each_record(storage: Storage) -> None:
+    _with_game(storage, "a1", "taken")
+    unstorable = dataclasses.replace(_decision("odd"), situation={"when": object()})
+
+    async def submit_all() -> tuple[list[Any], LoopWriter]:
+        writer = LoopWriter(storage, min_interval=0.002)
+        many = [writer.submit_soon(_decision(f"w{i}")) for i in range(300)]
+        records: list[DecisionRecord | OutcomeRecord] = [
+            _decision("d1"), _outcome("a1"), _outcome("a1"), _outcome("nope"), _decision("taken"),
+            unstorable, _decision("d2")]
+        futures = [writer.submit_soon(record) for record in records]
+        cancelled = writer.submit_soon(_decision("never"))
+        cancelled.cancel()  # before its batch leaves: not stored
+        assert await asyncio.gather(*many) == [None] * 300
+        answers = await asyncio.gather(*futures, return_exceptions=True)
+        assert all(future.get_loop() is asyncio.get_running_loop() for future in futures)
+        await writer.aclose()
+        return answers, writer
+
+    answers, writer = asyncio.run(submit_all())
+    assert answers[:3] == [None, True, False] and answers[6] is None
+    assert isinstance(answers[3], UnknownAction)
+    assert isinstance(answers[4], RecordRejected) and isinstance(answers[5], RecordRejected)
+    assert writer.records == 307 and writer.batches < 100  # many records per commit
+    assert storage.stats("game-a").decisions == 2 + 302 and storage.stats("game-a").outcomes == 1
+    assert storage.get_decision("game-a", "never") is None
+    assert writer.pid is None  # aclose stopped the storage process
+
+
+def test_loop_writer_aclose_commits_what_is_queued_then_refuses_more(storage: Storage) -> None:
+    storage.add_game(_game())
+
+    async def close_early() -> list[asyncio.Future[Any]]:
+        writer = LoopWriter(storage, min_interval=0.2)
+        first = [writer.submit_soon(_decision(f"w{i}")) for i in range(5)]
+        await asyncio.sleep(0)  # the first batch leaves; the next must wait 0.2 s
+        queued = [writer.submit_soon(_decision(f"q{i}")) for i in range(5)]
+        await writer.aclose()
+        with pytest.raises(RuntimeError, match="closed"):
+            writer.submit_soon(_decision("late"))
+        return first + queued
+
+    futures = asyncio.run(close_early())
+    assert all(future.done() and future.exception() is None for future in futures)
+    assert storage.stats("game-a").decisions == 10
+
+
+def test_a_killed_storage_process_fails_at_most_its_batch_and_is_replaced(
+    storage: Storage,
+) -> None:
+    _with_game(storage, "a1", "a2")
+
+    async def kill_midway() -> tuple[Any, Any, int, int | None]:
+        writer = LoopWriter(storage, min_interval=0.0)
+        assert await writer.submit_soon(_outcome("a1")) is True
+        first = writer.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        tried = (await asyncio.gather(writer.submit_soon(_outcome("a2")),
+                                      return_exceptions=True))[0]
+        again = await writer.submit_soon(_outcome("a2"))  # the game's resend
+        replaced = writer.pid
+        await writer.aclose()
+        return tried, again, first, replaced
+
+    tried, again, first, replaced = asyncio.run(kill_midway())
+    if isinstance(tried, StorageUnavailable):  # sent to the dead process: not stored
+        assert "send again" in str(tried) and again is True
+    else:  # the death was noticed first: a new process stored it, the resend is a duplicate
+        assert tried is True and again is False
+    assert replaced not in (None, first)
+    assert storage.stats("game-a").outcomes == 2
+
+
+def test_loop_writer_needs_a_database_another_process_can_open() -> None:
+    memory = Storage("sqlite://")
+    with pytest.raises(ValueError, match="in-memory SQLite"):
+        LoopWriter(memory)
+    memory.close()
+
+
 # --- crash safety ---------------------------------------------------------------------------
 
 
@@ -551,6 +636,9 @@ def _crash_child(url: str, mode: str) -> None:
             storage.add_decisions([_decision(action_id, CRASH_GAME)])
             storage.add_outcome(_outcome(action_id, CRASH_GAME))
             print(action_id, flush=True)
+        return
+    if mode == "loop":
+        asyncio.run(_crash_through_the_loop_writer(storage))
         return
     decisions: StorageWriter
     outcomes: StorageWriter
@@ -568,7 +656,20 @@ def _crash_child(url: str, mode: str) -> None:
             print(action_id, flush=True)
 
 
-@pytest.mark.parametrize("mode", ["direct", "writer", "combined"])
+async def _crash_through_the_loop_writer(storage: Storage) -> None:
+    """As the server does: decisions and outcomes through one LoopWriter."""
+    writer = LoopWriter(storage)
+    for start in range(0, 1_000_000, 20):
+        ids = [f"c{i}" for i in range(start, start + 20)]
+        decided = [writer.submit_soon(_decision(a, CRASH_GAME)) for a in ids]
+        acknowledged = [writer.submit_soon(_outcome(a, CRASH_GAME)) for a in ids]
+        await asyncio.gather(*decided)
+        for action_id, future in zip(ids, acknowledged, strict=True):
+            await future
+            print(action_id, flush=True)
+
+
+@pytest.mark.parametrize("mode", ["direct", "writer", "combined", "loop"])
 def test_acknowledged_outcomes_survive_kill_9(database_url: str, mode: str) -> None:
     child = subprocess.Popen(
         [sys.executable, "-m", "tests.test_storage", database_url, mode],
