@@ -8,7 +8,9 @@ in the simulator (:mod:`experiments.calibration_sim`); every boss decision of th
 of the running server (``serving.client.BossClient``, one WebSocket per session) with the
 player context the game observes, and every resolved move reports its outcome (resent until
 acknowledged). Every session's request of a step goes out at once, so the server sees
-as many concurrent players as there are sessions.
+as many concurrent players as there are sessions; a step's requests wait for the previous
+step's outcomes to be acknowledged, so every move is decided with every earlier outcome
+learnt, however fast the server learns.
 
 The game is registered first (a fresh ``game_id``; ``--admin-key`` when the server asks for
 one), unless ``--game-id`` and ``--api-key`` name one already registered. Then export what the
@@ -107,6 +109,7 @@ class RemotePolicy:
         """The last step's outcomes, acknowledged while the next step's moves are asked."""
 
     def choose(self, batch: DecisionBatch) -> np.ndarray:
+        self._settle()
         requests = [request_data(batch, row, self.layout) for row in range(len(batch.session_ids))]
         answers = self._all([self._client(session).request_move(**request)
                              for session, request in zip(batch.session_ids, requests,
@@ -117,9 +120,8 @@ class RemotePolicy:
         return np.array([self.game.move_names.index(move) for move in moves], dtype=np.int64)
 
     def report(self, batch: DecisionBatch, moves: np.ndarray, outcomes: Outcomes) -> None:
-        """Send the outcomes; their acknowledgements are awaited at the next report (or at
-        close), so the next step's requests go out meanwhile (every outcome is still resent
-        until acknowledged)."""
+        """Send the outcomes (each resent until acknowledged); their acknowledgements are
+        awaited before the next step's requests (or at close)."""
         self._settle()
         self.pending = self.loop.create_task(_gathered([self._client(session).report_outcome(
             action_id, str(outcomes.outcome[i]), float(outcomes.effectiveness_score[i]),
