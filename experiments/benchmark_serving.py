@@ -37,8 +37,8 @@ client; fewer ``--clients`` processes share more of those wake-ups.
 
 Targets on 2 cores: 1,000 concurrent sessions held open; at 1,000 decisions/s end-to-end p99
 under 10 ms and server decision p99 under 2 ms; no errors. This script imports ``serving``,
-``experiments.load_clients`` (on ``websockets``, which ``serving`` needs) and the standard
-library only.
+``experiments.load_clients`` (on ``websockets`` and ``orjson``, which ``serving`` needs) and
+the standard library only.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ a real, standards-conforming WebSocket client over TCP, at a fraction of the CPU
   answer raises :class:`AnswerError`, a closed connection :class:`SessionClosedError`, no answer
   within ``try_timeout`` ``TimeoutError``: a load generator counts failures, it does not
   retry, reconnect or refresh tokens;
+- messages are encoded and parsed with orjson (as the server does);
 - a ``heartbeat`` only after ``heartbeat_interval`` seconds without sending anything (the
   server closes a socket that is silent for its ``idle_timeout``): one timer per session, and
   no extra message while the session is busy.
@@ -29,18 +30,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import os
 from collections.abc import Mapping
 from typing import Any, cast
 from urllib.parse import quote, urlsplit
 
+import orjson
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
 from websockets.protocol import OPEN
 from websockets.uri import parse_uri
 
-COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 MAX_MESSAGE_BYTES = 2**20
 CLOSE_TIMEOUT = 5.0
 """Seconds to wait for the server to end the TCP connection after the closing handshake."""
@@ -192,7 +192,7 @@ class LeanSession(asyncio.Protocol):
         if frame.opcode in DATA_FRAMES:
             message = self._reassembled(frame)
             if message is not None:
-                self._message_received(json.loads(message))
+                self._message_received(orjson.loads(message))
         elif frame.opcode is Opcode.CLOSE:
             self.close_code = self.websocket.close_code
             self._fail_pending(SessionClosedError(f"the server closed with {self.close_code}"))
@@ -229,7 +229,7 @@ class LeanSession(asyncio.Protocol):
     # --- sending -----------------------------------------------------------------------------
 
     def _send(self, message: Mapping[str, Any]) -> None:
-        self.websocket.send_text(COMPACT_JSON.encode(message).encode())
+        self.websocket.send_text(orjson.dumps(message))
         self._last_sent = self.loop.time()
         self._flush()
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, NamedTuple
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from envs.observation import BATTLE_PHASES, MOVEMENT_STYLES, BossState, PlayerContext, Situation
@@ -182,14 +183,36 @@ def _non_finite(constant: str) -> float:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_non_finite)
-"""One decoder for every frame (``json.loads`` with a keyword builds a new one per call)."""
+"""The standard library's decoder, one for every frame (``json.loads`` with a keyword builds a
+new one per call): for what orjson refuses (NaN, Infinity, lone surrogates, numbers beyond a
+double, deep nesting, bad JSON), so those frames get the same answers as ever. (orjson reads
+integers beyond 64 bits as floats: every integer field is bounded far below, so such a frame
+is refused either way.)"""
 _COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
+def _loads(text: str) -> Any:
+    """A frame's JSON: orjson (3x faster) for valid JSON, else the standard library's
+    decoder, which keeps NaN/Infinity for validation to name and words the errors."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return _DECODER.decode(text)
+
+
+def _dumps(message: Mapping[str, Any]) -> str:
+    """A message as compact JSON: orjson (10x faster), else the standard library's encoder
+    for what orjson does not take (numpy scalars, non-string keys)."""
+    try:
+        return orjson.dumps(message).decode()
+    except TypeError:
+        return _COMPACT.encode(message)
 
 
 def parse_message(text: str) -> Message:
     """A client text frame as a validated :class:`Message`; raises :class:`ProtocolError`."""
     try:
-        raw = _DECODER.decode(text)
+        raw = _loads(text)
     except (ValueError, RecursionError) as error:
         raise ProtocolError("invalid_json", f"the frame is not valid JSON ({error}); send one "
                             "JSON object per text frame") from None
@@ -218,7 +241,7 @@ def parse_message(text: str) -> Message:
 def peek_request_id(text: str) -> str | None:
     """The request_id of a frame, if it parses (to echo it on errors that skip validation)."""
     try:
-        raw = _DECODER.decode(text)
+        raw = _loads(text)
     except (ValueError, RecursionError):
         return None
     return _echoable(raw.get("request_id")) if isinstance(raw, dict) else None
@@ -395,7 +418,7 @@ def encode(kind: str, data: Mapping[str, Any], request_id: str | None = None) ->
     message: dict[str, Any] = {"type": kind, "data": data}
     if request_id is not None:
         message["request_id"] = request_id
-    return _COMPACT.encode(message)
+    return _dumps(message)
 
 
 def error_message(code: str, message: str, request_id: str | None = None) -> str:

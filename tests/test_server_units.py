@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
+import numpy as np
 import pytest
 
 from envs.backend import ScalarOps
@@ -14,6 +15,7 @@ from serving.limits import ALLOW, FLOOD, LIMITED, ConnectionLimit, FloodGuard
 from serving.metrics import LatencyWindow
 from serving.protocol import (
     ProtocolError,
+    encode,
     parse_message,
     peek_request_id,
     situation_from_json,
@@ -113,6 +115,34 @@ def test_action_ids_are_recognised_by_their_signature_alone() -> None:
         action_id[:33] + "1" + action_id[34:])
     assert ids.issued("game-a", tampered) is None  # another move index, same MAC
     assert ids.issued("game-a", "x" * 50) is None and ids.issued("game-a", "short") is None
+
+
+def test_frames_orjson_refuses_get_the_standard_librarys_answers() -> None:
+    """Valid frames take orjson's fast path; NaN, Infinity, numbers beyond a double and lone
+    surrogates still reach validation (which names the field), as with ``json`` alone."""
+    request = {"type": "action_outcome", "request_id": "r1",
+               "data": {"action_id": "a" * 50, "outcome": "success", "effectiveness_score": 0.5,
+                        "damage_dealt": 1.0, "player_hit": False, "execution_time": 0.5}}
+    assert parse_message(json.dumps(request)).data.effectiveness_score == 0.5
+    for bad in ("NaN", "Infinity", "1e400"):
+        text = json.dumps(request).replace('"effectiveness_score": 0.5',
+                                           f'"effectiveness_score": {bad}')
+        with pytest.raises(ProtocolError) as refused:
+            parse_message(text)
+        assert refused.value.request_id == "r1"
+        assert "effectiveness_score" in refused.value.message, refused.value.message
+    surrogate = json.dumps(request).replace('"success"', '"\\ud800"')
+    with pytest.raises(ProtocolError) as odd:
+        parse_message(surrogate)
+    assert odd.value.code == "invalid_message" and "outcome" in odd.value.message
+
+
+def test_encode_is_compact_json_and_takes_numpy_numbers() -> None:
+    text = encode("heartbeat", {"server_time": "t", "confidence": np.float64(0.25)}, "r")
+    assert json.loads(text) == {"type": "heartbeat", "data": {"server_time": "t",
+                                                              "confidence": 0.25},
+                                "request_id": "r"}
+    assert " " not in encode("heartbeat", {"a": [1, 2.5, "x"]})
 
 
 def test_codec_echoes_request_ids_and_bounds_them() -> None:
