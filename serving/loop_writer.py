@@ -8,7 +8,7 @@ work from the event loop's callbacks:
 - ``submit_soon(record)`` queues the record and returns an asyncio future; the batch leaves
   at the end of the loop's turn (or once ``min_interval`` has passed since the last batch
   left), one pickled message on a pipe to the storage process
-  (:func:`serving.writer.storage_child`, which stores it in one transaction with
+  (:func:`storage_child`, which stores it in one transaction with
   :func:`serving.writer.store_batch`);
 - one batch is in flight at a time; what is submitted meanwhile waits for the next;
 - the answer is read by a reader on the event loop (``loop.add_reader``) and settles every
@@ -32,6 +32,7 @@ import math
 import multiprocessing
 import os
 import pickle
+import signal
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.util import Finalize
@@ -43,9 +44,10 @@ from serving.storage import (
     OutcomeRecord,
     RecordRejected,
     Storage,
+    StorageError,
     StorageUnavailable,
 )
-from serving.writer import MAX_BATCH, MIN_INTERVAL, storage_child
+from serving.writer import MAX_BATCH, MIN_INTERVAL, store_batch
 
 Record = DecisionRecord | OutcomeRecord
 Entry = tuple[Record, "asyncio.Future[Any]"]
@@ -255,3 +257,29 @@ def _pickled(batch: list[Entry]) -> tuple[bytes, list[Entry]]:
             kept.append((record, future))
         return pickle.dumps([record for record, _ in kept], pickle.HIGHEST_PROTOCOL), kept
 
+
+def storage_child(url: str, requests: Connection, answers: Connection) -> None:
+    """The storage process's loop: a batch in from ``requests``, its results out on
+    ``answers``, until the requests end."""
+    # Ctrl-C and SIGTERM sent to the whole process group (a terminal, systemd) are the
+    # server's: it drains, flushes through this process, then closes the pipe, which stops it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    storage = Storage(url)
+    try:
+        while True:
+            try:
+                batch = pickle.loads(requests.recv_bytes())
+            except EOFError:
+                return
+            try:
+                answer: tuple[bool, Any] = (False, store_batch(storage, batch))
+            except Exception as error:  # the caller raises it
+                answer = (True, error if isinstance(error, StorageError)
+                          else StorageUnavailable(f"storing failed: {error!r}"))
+            try:
+                answers.send_bytes(pickle.dumps(answer, pickle.HIGHEST_PROTOCOL))
+            except OSError:  # the server is gone
+                return
+    finally:
+        storage.close()

@@ -31,28 +31,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
-import pickle
 import queue
-import signal
 import threading
 import time
 import typing
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
-from multiprocessing.util import Finalize
 from typing import Any, Generic, TypeVar
 
-from serving.affinity import pin
 from serving.storage import (
     DecisionRecord,
     OutcomeRecord,
     RecordRejected,
     Storage,
     StorageError,
-    StorageUnavailable,
 )
 
 log = logging.getLogger(__name__)
@@ -204,10 +196,9 @@ class StorageWriter(GroupCommitter[DecisionRecord | OutcomeRecord, bool | None])
     """Group commit of decisions and outcomes together (see the module docstring): a
     decision's future resolves to None, an outcome's to True (stored) or False (duplicate).
 
-    With ``child_process=True`` the batches are stored by a :class:`StorageProcess` (the
-    storage's URL opened again in a child process): the thread only hands batches over, so
-    the database work never waits for the GIL of a busy event loop. An in-memory SQLite
-    database cannot be shared with a child: it is always stored in the thread.
+    The server stores through :class:`serving.loop_writer.LoopWriter` (a storage process fed
+    by the event loop); this thread is for an in-memory SQLite database, which no other
+    process can open, and for callers without an event loop.
     """
 
     def __init__(
@@ -216,23 +207,14 @@ class StorageWriter(GroupCommitter[DecisionRecord | OutcomeRecord, bool | None])
         *,
         max_batch: int = MAX_BATCH,
         min_interval: float = MIN_INTERVAL,
-        child_process: bool = False,
-        child_cpus: set[int] | None = None,
     ) -> None:
         self._storage = storage
-        self._child = (StorageProcess(storage, child_cpus)
-                       if child_process and storage.shareable else None)
         super().__init__(
-            self._child.store if self._child is not None else self._store,
+            self._store,
             "bosslab-storage-writer",
             max_batch=max_batch,
             min_interval=min_interval,
         )
-
-    def close(self, timeout: float | None = 30.0) -> None:
-        super().close(timeout)
-        if self._child is not None:
-            self._child.close(timeout)
 
     def _store(
         self, batch: list[DecisionRecord | OutcomeRecord]
@@ -268,114 +250,3 @@ def _store_alone(
         return storage.store((), [record])[0]
     except StorageError as error:
         return error
-
-
-class StorageProcess:
-    """:func:`store_batch` in a child process of its own, for one caller thread at a time.
-
-    The child opens the storage's URL again and answers each batch sent through a pipe with
-    its results. If the child dies, the batch in flight fails with
-    :class:`StorageUnavailable` (its records may or may not be stored: a resend is answered
-    as a duplicate, never twice) and the next batch starts a new child. The child stops when
-    it reads the end of the pipe, so it never outlives the server.
-    """
-
-    def __init__(self, storage: Storage, cpus: set[int] | None = None) -> None:
-        self._url = storage.url.render_as_string(hide_password=False)
-        self._cpus = cpus
-        self._context = multiprocessing.get_context("spawn")  # no fork of a threaded server
-        self._connection: Connection | None = None
-        self._process: BaseProcess | None = None
-        self._start()
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
-
-    def store(
-        self, batch: list[DecisionRecord | OutcomeRecord]
-    ) -> list[bool | BaseException | None]:
-        if self._connection is None:
-            self._start()
-        assert self._connection is not None
-        try:
-            self._connection.send(batch)  # pickled whole before anything is written
-        except (EOFError, OSError):
-            raise self._stopped(batch) from None
-        except Exception as error:  # a record that cannot be pickled cannot be stored
-            if len(batch) == 1:
-                raise RecordRejected(f"a record could not be stored ({error!r}); nothing "
-                                     "was stored") from error
-            return [self._store_alone(record) for record in batch]
-        try:
-            failed, answer = self._connection.recv()
-        except (EOFError, OSError):
-            raise self._stopped(batch) from None
-        if failed:
-            raise answer
-        return list(answer)
-
-    def _store_alone(self, record: DecisionRecord | OutcomeRecord) -> bool | BaseException | None:
-        try:
-            return self.store([record])[0]
-        except StorageError as error:
-            return error
-
-    def _stopped(self, batch: Sequence[object]) -> StorageUnavailable:
-        """The child is gone: its batch in flight fails, the next batch starts a new child."""
-        self._stop()
-        return StorageUnavailable(
-            f"the storage process stopped while storing a batch of {len(batch)}; it restarts "
-            "with the next one: send again")
-
-    def close(self, timeout: float | None = 30.0) -> None:
-        """Let the child finish and stop (idempotent)."""
-        self._stop(timeout)
-
-    def _start(self) -> None:
-        parent, child = self._context.Pipe()
-        process = self._context.Process(target=storage_child, args=(self._url, child, child),
-                                        name="bosslab-storage", daemon=True)
-        process.start()
-        pin(self._cpus, process.pid)
-        child.close()
-        self._connection, self._process = parent, process
-        # At interpreter exit multiprocessing joins its children; the pipe must end first.
-        Finalize(self, parent.close, exitpriority=10)
-
-    def _stop(self, timeout: float | None = 5.0) -> None:
-        if self._connection is not None:
-            self._connection.close()  # the child reads the end and stops
-            self._connection = None
-        if self._process is not None:
-            self._process.join(timeout)
-            if self._process.is_alive():
-                self._process.kill()
-            self._process = None
-
-
-def storage_child(url: str, requests: Connection, answers: Connection) -> None:
-    """The storage process's loop: a batch in from ``requests``, its results out on
-    ``answers`` (the same pipe or two), until the requests end."""
-    # Ctrl-C and SIGTERM sent to the whole process group (a terminal, systemd) are the
-    # server's: it drains, flushes through this child, then closes the pipe, which stops it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    storage = Storage(url)
-    try:
-        while True:
-            try:
-                batch = requests.recv()
-            except EOFError:
-                return
-            try:
-                answer: tuple[bool, Any] = (False, store_batch(storage, batch))
-            except Exception as error:  # the caller raises it
-                answer = (True, error if isinstance(error, StorageError)
-                          else StorageUnavailable(f"storing failed: {error!r}"))
-            try:
-                answers.send_bytes(pickle.dumps(answer, pickle.HIGHEST_PROTOCOL))
-            except OSError:  # the server is gone
-                return
-    finally:
-        storage.close()

@@ -43,7 +43,7 @@ from serving.storage import (
     normalise_url,
 )
 from serving.telemetry import read_telemetry
-from serving.writer import StorageProcess, StorageWriter
+from serving.writer import StorageWriter
 
 REPO = Path(__file__).resolve().parents[1]
 POSTGRES_CANDIDATES = (
@@ -403,13 +403,9 @@ def test_password_is_hidden_in_repr() -> None:
 
 # --- group commit ---------------------------------------------------------------------------
 
-WRITER_MODES = pytest.mark.parametrize("child", [False, True], ids=["thread", "child-process"])
-
-
-@WRITER_MODES
-def test_decision_writer_commits_in_batches(storage: Storage, child: bool) -> None:
+def test_decision_writer_commits_in_batches(storage: Storage) -> None:
     storage.add_game(_game())
-    writer = StorageWriter(storage, min_interval=0.002, child_process=child)
+    writer = StorageWriter(storage, min_interval=0.002)
     with ThreadPoolExecutor(max_workers=8) as pool:
         futures = list(pool.map(lambda i: writer.submit(_decision(f"w{i}")), range(400)))
     for future in futures:
@@ -422,20 +418,18 @@ def test_decision_writer_commits_in_batches(storage: Storage, child: bool) -> No
         writer.submit(_decision("late"))
 
 
-@WRITER_MODES
-def test_decision_writer_close_flushes_pending(storage: Storage, child: bool) -> None:
+def test_decision_writer_close_flushes_pending(storage: Storage) -> None:
     storage.add_game(_game())
-    writer = StorageWriter(storage, min_interval=0.05, child_process=child)
+    writer = StorageWriter(storage, min_interval=0.05)
     futures = [writer.submit(_decision(f"w{i}")) for i in range(50)]
     writer.close()
     assert all(future.done() and future.exception() is None for future in futures)
     assert storage.stats("game-a").decisions == 50
 
 
-@WRITER_MODES
-def test_a_bad_decision_fails_alone(storage: Storage, child: bool) -> None:
+def test_a_bad_decision_fails_alone(storage: Storage) -> None:
     _with_game(storage, "taken")
-    writer = StorageWriter(storage, min_interval=0.05, child_process=child)
+    writer = StorageWriter(storage, min_interval=0.05)
     unstorable = dataclasses.replace(_decision("odd"), situation={"when": object()})
     records = [_decision("ok1"), _decision("taken"), unstorable, _decision("ok2")]
     futures = [writer.submit(record) for record in records]
@@ -446,21 +440,19 @@ def test_a_bad_decision_fails_alone(storage: Storage, child: bool) -> None:
     assert storage.get_decision("game-a", "ok2") is not None
 
 
-@WRITER_MODES
-def test_outcome_writer_reports_each_outcome(storage: Storage, child: bool) -> None:
+def test_outcome_writer_reports_each_outcome(storage: Storage) -> None:
     _with_game(storage, "a1", "a2")
-    with StorageWriter(storage, min_interval=0.05, child_process=child) as writer:
+    with StorageWriter(storage, min_interval=0.05) as writer:
         futures = [writer.submit(_outcome(a)) for a in ("a1", "a1", "nope", "a2")]
     assert [futures[i].result() for i in (0, 1, 3)] == [True, False, True]
     assert isinstance(futures[2].exception(), UnknownAction)
 
 
-@WRITER_MODES
 def test_storage_writer_commits_both_kinds_and_isolates_a_bad_record(
-    storage: Storage, child: bool
+    storage: Storage,
 ) -> None:
     _with_game(storage, "taken")
-    writer = StorageWriter(storage, min_interval=0.05, child_process=child)
+    writer = StorageWriter(storage, min_interval=0.05)
     unstorable = dataclasses.replace(_decision("odd"), situation={"when": object()})
     records: list[DecisionRecord | OutcomeRecord] = [
         _decision("d1"), _outcome("taken"), unstorable, _outcome("taken"), _outcome("nope"),
@@ -473,10 +465,9 @@ def test_storage_writer_commits_both_kinds_and_isolates_a_bad_record(
     assert storage.stats("game-a").decisions == 3 and storage.stats("game-a").outcomes == 1
 
 
-@WRITER_MODES
-def test_a_cancelled_submission_is_not_stored(storage: Storage, child: bool) -> None:
+def test_a_cancelled_submission_is_not_stored(storage: Storage) -> None:
     _with_game(storage, "a1", "a2")
-    writer = StorageWriter(storage, min_interval=0.2, child_process=child)
+    writer = StorageWriter(storage, min_interval=0.2)
     writer.submit(_outcome("a1")).result(timeout=5)  # the next batch waits min_interval
     cancelled = writer.submit(_outcome("a2"))
     assert cancelled.cancel()
@@ -484,12 +475,11 @@ def test_a_cancelled_submission_is_not_stored(storage: Storage, child: bool) -> 
     assert storage.stats("game-a").outcomes == 1
 
 
-@WRITER_MODES
 def test_submissions_from_an_event_loop_resolve_there_once_committed(
-    storage: Storage, child: bool
+    storage: Storage,
 ) -> None:
     _with_game(storage, "a1")
-    writer = StorageWriter(storage, min_interval=0.05, child_process=child)
+    writer = StorageWriter(storage, min_interval=0.05)
 
     async def submit_all() -> tuple[list[Any], asyncio.Future[Any]]:
         futures = [writer.submit_soon(record) for record in (
@@ -519,37 +509,20 @@ def test_writer_failures_reach_every_waiting_caller() -> None:
 
 
 
-def test_a_killed_storage_process_fails_its_batch_and_is_replaced(storage: Storage) -> None:
-    _with_game(storage, "a1", "a2")
-    child = StorageProcess(storage)
-    try:
-        assert child.store([_outcome("a1")]) == [True]
-        first = child.pid
-        assert first is not None
-        os.kill(first, signal.SIGKILL)
-        with pytest.raises(StorageUnavailable, match="send again"):
-            child.store([_outcome("a2")])  # sent to a dead child: not known to be stored
-        assert child.store([_outcome("a2"), _outcome("a1")]) == [True, False]
-        assert child.pid not in (None, first)
-        os.kill(child.pid, signal.SIGTERM)  # the server's to handle: the child keeps storing
-        assert child.store([_outcome("a2")]) == [False]
-    finally:
-        child.close()
-    assert child.pid is None and storage.stats("game-a").outcomes == 2
-
 # --- group commit from the event loop (serving.loop_writer) -------------------------------------
 
 
 def test_loop_writer_commits_in_batches_and_answers_each_record(storage: Storage) -> None:
     _with_game(storage, "a1", "taken")
     unstorable = dataclasses.replace(_decision("odd"), situation={"when": object()})
+    unpicklable = dataclasses.replace(_decision("lambda"), situation={"f": lambda: 0})
 
     async def submit_all() -> tuple[list[Any], LoopWriter]:
         writer = LoopWriter(storage, min_interval=0.002)
         many = [writer.submit_soon(_decision(f"w{i}")) for i in range(300)]
         records: list[DecisionRecord | OutcomeRecord] = [
             _decision("d1"), _outcome("a1"), _outcome("a1"), _outcome("nope"), _decision("taken"),
-            unstorable, _decision("d2")]
+            unstorable, _decision("d2"), unpicklable]
         futures = [writer.submit_soon(record) for record in records]
         cancelled = writer.submit_soon(_decision("never"))
         cancelled.cancel()  # before its batch leaves: not stored
@@ -563,6 +536,7 @@ def test_loop_writer_commits_in_batches_and_answers_each_record(storage: Storage
     assert answers[:3] == [None, True, False] and answers[6] is None
     assert isinstance(answers[3], UnknownAction)
     assert isinstance(answers[4], RecordRejected) and isinstance(answers[5], RecordRejected)
+    assert isinstance(answers[7], RecordRejected)  # could not be pickled: fails alone
     assert writer.records == 307 and writer.batches < 100  # many records per commit
     assert storage.stats("game-a").decisions == 2 + 302 and storage.stats("game-a").outcomes == 1
     assert storage.get_decision("game-a", "never") is None
