@@ -47,7 +47,7 @@ from serving.storage import (
     StorageError,
     StorageUnavailable,
 )
-from serving.writer import MAX_BATCH, MIN_INTERVAL, store_batch
+from serving.writer import MAX_BATCH, MIN_INTERVAL, settle_all, store_batch
 
 Record = DecisionRecord | OutcomeRecord
 Entry = tuple[Record, "asyncio.Future[Any]"]
@@ -162,13 +162,8 @@ class LoopWriter:
     def _settle(self, batch: list[Entry], results: list[Any]) -> None:
         self.batches += 1
         self.records += len(batch)
-        for (_, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+        settle_all([(future, result)
+                    for (_, future), result in zip(batch, results, strict=True)])
 
     def _process_lost(self, batch: list[Entry]) -> None:
         """The storage process is gone: its batch fails, the next batch starts a new one."""

@@ -175,7 +175,7 @@ class GroupCommitter(Generic[Item, Result]):
                 on_loops.setdefault(future.get_loop(), []).append((future, result))
         for loop, settled in on_loops.items():
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(_settle_all, settled)
+                loop.call_soon_threadsafe(settle_all, settled)
 
 
 def _settle(future: Waiter, result: Any) -> None:
@@ -185,7 +185,7 @@ def _settle(future: Waiter, result: Any) -> None:
         future.set_result(result)
 
 
-def _settle_all(settled: list[tuple[asyncio.Future[Any], Any]]) -> None:
+def settle_all(settled: list[tuple[asyncio.Future[Any], Any]]) -> None:
     """On the futures' event loop: resolve every one not cancelled meanwhile."""
     for future, result in settled:
         if not future.done():
