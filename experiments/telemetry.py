@@ -106,7 +106,8 @@ class RemotePolicy:
         self.action_ids: list[str] = []
         self.decisions = 0
         self.pending: asyncio.Task[list[dict[str, Any]]] | None = None
-        """The last step's outcomes, acknowledged while the next step's moves are asked."""
+        """The last step's outcomes, sent and acknowledged before the next step's moves are
+        asked."""
 
     def choose(self, batch: DecisionBatch) -> np.ndarray:
         self._settle()

@@ -116,16 +116,12 @@ class LoopWriter:
         self._leaving = None
         taken, self._queued = (self._queued[:self._max_batch],
                                self._queued[self._max_batch:])
-        batch = [entry for entry in taken if not entry[1].cancelled()]
+        message, batch = _pickled([entry for entry in taken if not entry[1].cancelled()])
         if not batch:
             self._next()
             return
         assert self._loop is not None
         self._last_left = self._loop.time()
-        message, batch = _pickled(batch)
-        if not batch:
-            self._next()
-            return
         try:
             if self._requests is None:
                 self._start()
