@@ -8,10 +8,11 @@ The child holds every brain (``bundle.new_brain``, loaded from the bundle's path
 two pipes, each in the order it reads them:
 
 - **the event loop's**: decision and lesson batches (``DecisionBatch``/``LessonBatch`` of
-  :mod:`serving.service`) are sent without waiting, one request per brain in flight, the
-  lessons and situations asked for meanwhile together in the next (:class:`Turns`); the
-  answers are read by a reader on the event loop (``loop.add_reader``) and resolve asyncio
-  futures, oldest first;
+  :mod:`serving.service`) are sent at once, up to :data:`TURNS_IN_FLIGHT` requests per
+  brain (:class:`Turns`). The child reads every request waiting in the pipe before it works,
+  answers consecutive turns of one brain as one (lessons first, then situations), and sends
+  the answers to what it read together as one message; a reader on the event loop
+  (``loop.add_reader``) resolves their asyncio futures, oldest first;
 - **a blocking one** for other threads (building brains and replaying stored lessons at start
   and at a reload, single decisions outside the event loop), one call at a time.
 
@@ -178,17 +179,18 @@ class BrainHost:
 
     def _on_answer(self) -> None:
         try:
-            failed, answer = _receive(self._answers)
+            answers: list[tuple[bool, Any]] = _receive(self._answers)
         except (EOFError, OSError):
             self._child_lost()
             return
-        future = self._waiting.popleft()
-        if future.cancelled():
-            return
-        if failed:
-            future.set_exception(answer)
-        else:
-            future.set_result(answer)
+        for failed, answer in answers:
+            future = self._waiting.popleft()
+            if future.cancelled():
+                continue
+            if failed:
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
 
     def _child_lost(self) -> None:
         if self.lost or self.closed:
@@ -309,13 +311,21 @@ without lessons), and its situations' decisions (None without situations)."""
 Decisions = tuple[float, list[Result]]
 
 
-class Turns:
-    """Decisions and lessons for one brain, one request in flight at a time.
+TURNS_IN_FLIGHT = 4
+"""Requests one brain may have in the brain process's pipe unanswered. A request does not wait
+for the one before to be answered (that cost it a round trip through the event loop); what is
+asked for while this many are in flight goes together in the next."""
 
-    What is asked for while a request is in flight goes together in the next one: lessons
-    first (so that its decisions use them), then situations. Batches grow with the load, and
-    the per-request costs (the pipe, waking the child and the event loop, the memory write and
-    search, the policy) are shared by everything in them.
+
+class Turns:
+    """Decisions and lessons for one brain, sent at once, up to :data:`TURNS_IN_FLIGHT` in
+    flight.
+
+    Requests are answered in the order they were sent. The child works on every request
+    waiting in its pipe together (:func:`answer_all`): lessons first (so that the decisions
+    use them), then situations. Batches grow with the load, and the per-batch costs (waking
+    the child and the event loop, the memory write and search, the policy) are shared by
+    everything in them.
     """
 
     def __init__(self, send: Callable[[list[LessonRow], list[Situation]],
@@ -325,14 +335,14 @@ class Turns:
         self._learnt: list[asyncio.Future[int]] = []
         self._situations: list[Situation] = []
         self._decided: list[tuple[int, asyncio.Future[Decisions]]] = []
-        self._in_flight = False
+        self._in_flight = 0
 
     def decide(self, situations: list[Situation]) -> asyncio.Future[Decisions]:
         """A future of (the brain's seconds for their batch, one result per situation)."""
         future: asyncio.Future[Decisions] = asyncio.get_running_loop().create_future()
         self._situations.extend(situations)
         self._decided.append((len(situations), future))
-        self._send_unless_in_flight()
+        self._send_unless_full()
         return future
 
     def learn(self, lessons: list[LessonRow]) -> asyncio.Future[int]:
@@ -340,23 +350,23 @@ class Turns:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._lessons.extend(lessons)
         self._learnt.append(future)
-        self._send_unless_in_flight()
+        self._send_unless_full()
         return future
 
-    def _send_unless_in_flight(self) -> None:
-        if not self._in_flight:
+    def _send_unless_full(self) -> None:
+        if self._in_flight < TURNS_IN_FLIGHT:
             self._send_queued()
 
     def _send_queued(self) -> None:
         learnt, decided = self._learnt, self._decided
         answer = self._send(self._lessons, self._situations)
         self._lessons, self._learnt, self._situations, self._decided = [], [], [], []
-        self._in_flight = True
+        self._in_flight += 1
         answer.add_done_callback(lambda done: self._answered(done, learnt, decided))
 
     def _answered(self, answer: asyncio.Future[TurnAnswer], learnt: list[asyncio.Future[int]],
                   decided: list[tuple[int, asyncio.Future[Decisions]]]) -> None:
-        self._in_flight = False
+        self._in_flight -= 1
         if self._learnt or self._decided:
             self._send_queued()
         error = _lost() if answer.cancelled() else answer.exception()
@@ -406,30 +416,100 @@ def _receive(pipe: Connection) -> Any:
 
 def _brain_child(loop_requests: Connection, loop_answers: Connection,
                  blocking_pipe: Connection) -> None:
-    """The child's loop: answer each channel's requests in order until both channels end."""
+    """The child's loop: answer each channel's requests in order until both channels end (the
+    event loop's: everything waiting at once, see :func:`answer_all`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    brains = _Brains()
+    brains = Brains()
     answer_on = {loop_requests: loop_answers, blocking_pipe: blocking_pipe}
     while answer_on:
         for pipe in wait(list(answer_on)):
             assert isinstance(pipe, Connection)
             try:
-                request = _receive(pipe)
+                requests = _receive_waiting(pipe) if pipe is loop_requests else [_receive(pipe)]
             except (EOFError, OSError):
                 del answer_on[pipe]
                 continue
+            answers = answer_all(brains, requests)
             try:
-                answer: tuple[bool, Any] = (False, brains.handle(*request))
-            except Exception as error:  # the caller raises it
-                answer = (True, _picklable(error))
-            try:
-                _send(answer_on[pipe], answer)
+                _send(answer_on[pipe], answers if pipe is loop_requests else answers[0])
             except OSError:  # the server is gone
                 return
 
 
-class _Brains:
+def _receive_waiting(pipe: Connection) -> list[Any]:
+    """The next request and every other one already in the pipe (an end of the pipe after the
+    first is left for the next read to find)."""
+    requests = [_receive(pipe)]
+    try:
+        while pipe.poll(0):
+            requests.append(_receive(pipe))
+    except (EOFError, OSError):
+        pass
+    return requests
+
+
+def answer_all(brains: Brains, requests: Sequence[tuple[Any, ...]]) -> list[tuple[bool, Any]]:
+    """Each request's answer, (False, result) or (True, error), in order; consecutive turns of
+    one brain are worked on together (:func:`merged_turns`)."""
+    answers: list[tuple[bool, Any]] = []
+    for handle, run in itertools.groupby(requests, key=_turn_handle):
+        grouped = list(run)
+        if handle is None or len(grouped) == 1:
+            answers.extend(_answer(brains, request) for request in grouped)
+        else:
+            merged = _answer(brains, ("turn", handle, *merged_turns(grouped)))
+            answers.extend(split_turn(merged, grouped))
+    return answers
+
+
+def _turn_handle(request: tuple[Any, ...]) -> int | None:
+    return request[1] if request[0] == "turn" else None
+
+
+def _answer(brains: Brains, request: tuple[Any, ...]) -> tuple[bool, Any]:
+    try:
+        return False, brains.handle(*request)
+    except Exception as error:  # the caller raises it
+        return True, _picklable(error)
+
+
+Keyed = tuple[np.ndarray, list[str], list[float], list[str]]
+"""A turn's lessons as columns: keys (one row each), moves, values, session ids."""
+
+
+def merged_turns(turns: Sequence[tuple[Any, ...]]) -> tuple[Keyed | None, list[Situation]]:
+    """The lessons and situations of several ``turn`` requests of one brain, as one turn's."""
+    lessons = [turn[2] for turn in turns if turn[2] is not None]
+    keyed: Keyed | None = None
+    if lessons:
+        moves, values, session_ids = ([item for part in lessons for item in part[column]]
+                                      for column in (1, 2, 3))
+        keyed = (np.concatenate([part[0] for part in lessons]), moves, values, session_ids)
+    return keyed, [situation for turn in turns for situation in turn[3]]
+
+
+def split_turn(answer: tuple[bool, Any],
+               turns: Sequence[tuple[Any, ...]]) -> list[tuple[bool, Any]]:
+    """The answer of merged turns as each turn's: the memory's size after all their lessons
+    (to those with lessons), and its own situations' decisions."""
+    failed, result = answer
+    if failed:
+        return [answer] * len(turns)
+    learnt, decided = result
+    answers: list[tuple[bool, Any]] = []
+    start = 0
+    for _, _, keyed, situations in turns:
+        own: Decided | None = None
+        if situations:
+            seconds, decisions, keys = decided
+            end = start + len(situations)
+            own, start = (seconds, decisions[start:end], keys[start:end]), end
+        answers.append((False, (learnt if keyed is not None else None, own)))
+    return answers
+
+
+class Brains:
     """The brains of the child, by handle."""
 
     def __init__(self) -> None:
@@ -457,7 +537,7 @@ class _Brains:
         return brain.policy_version, list(brain.boss_actions), brain.memory_size()
 
 
-def turn(brain: MemoryBrain, lessons: tuple[np.ndarray, list[str], list[float], list[str]] | None,
+def turn(brain: MemoryBrain, lessons: Keyed | None,
          situations: Sequence[Situation]) -> TurnAnswer:
     """One request of :class:`Turns`: learn its lessons (all or none: a bad one refuses the
     whole write), then decide its situations."""

@@ -16,7 +16,14 @@ import pytest
 
 from envs.observation import Situation
 from serving.brain import brain_for
-from serving.brain_host import BrainHost, BrainsLost, RemoteBrain
+from serving.brain_host import (
+    TURNS_IN_FLIGHT,
+    BrainHost,
+    Brains,
+    BrainsLost,
+    RemoteBrain,
+    answer_all,
+)
 from serving.bundle import load_bundle, write_scripted_bundle
 from serving.decisions import Lesson
 from serving.settings import Settings
@@ -116,7 +123,7 @@ def counted_requests(host: BrainHost) -> list[str]:
     return requests
 
 
-def test_lessons_and_situations_asked_meanwhile_go_in_one_request_lessons_first(
+def test_requests_go_at_once_up_to_the_limit_then_together_in_order(
         host: BrainHost, bundle_path: Path) -> None:
     remote = host.new_brain(str(bundle_path), SEED)
     situations = random_situations(3, seed=9)
@@ -126,30 +133,62 @@ def test_lessons_and_situations_asked_meanwhile_go_in_one_request_lessons_first(
         _, first = await remote.decide_soon(situations[:1])
         assert first[0][0].retrieved == 0  # type: ignore[index]  # an empty memory
         key = first[0][1]  # type: ignore[index]
-        in_flight = remote.decide_soon(situations[1:])
-        refused = remote.learn_keyed_soon([key], ["attack"], [1.5], ["s"])
+        asked = [remote.decide_soon(situations[1:]) for _ in range(TURNS_IN_FLIGHT - 1)]
         learnt = remote.learn_keyed_soon([key] * 3, ["attack", "defend", "attack"],
                                          [0.2, 0.9, 0.4], ["s"] * 3)
         after = remote.decide_soon(situations[:1])
-        await in_flight
+        refused = remote.learn_keyed_soon([key], ["attack"], [1.5], ["s"])
+        assert requests == ["turn"] * (1 + TURNS_IN_FLIGHT)  # the last two wait, together
+        for decided in await asyncio.gather(*asked):
+            assert all(not isinstance(result, BaseException) for result in decided[1])
+        assert await learnt == 3
+        _, again = await after
+        assert again[0][0].retrieved == 3  # type: ignore[index]  # sent after: learnt first
         with pytest.raises(ValueError, match=r"1\.5"):
-            await refused  # one write for both: a bad lesson refuses the whole write
-        with pytest.raises(ValueError):
-            await learnt
-        _, decided = await after  # answered all the same
-        assert not isinstance(decided[0], BaseException)
-        assert requests == ["turn", "turn", "turn"]
-        assert remote.memory_size() == 0
-        in_flight = remote.decide_soon(situations[1:])
-        size = remote.learn_keyed_soon([key] * 3, ["attack", "defend", "attack"],
-                                       [0.2, 0.9, 0.4], ["s"] * 3)
-        _, again = await remote.decide_soon(situations[:1])
-        await in_flight
-        assert await size == remote.memory_size() == 3
-        assert again[0][0].retrieved == 3  # type: ignore[index]  # learnt before deciding
-        assert requests == ["turn"] * 5
+            await refused  # the only lessons of the last request: refused alone
+        assert requests == ["turn"] * (2 + TURNS_IN_FLIGHT)
+        assert remote.memory_size() == 3
 
     run(body())
+
+
+def keyed(key: np.ndarray, values: list[float]) -> tuple[np.ndarray, list[str], list[float],
+                                                          list[str]]:
+    """Lessons at one key, as a turn request carries them."""
+    return np.stack([key] * len(values)), ["attack"] * len(values), values, ["s"] * len(values)
+
+
+def test_turns_read_together_are_worked_on_together_lessons_first(bundle_path: Path) -> None:
+    brains = Brains()
+    brains.handle("new", 1, str(bundle_path), SEED, "bundle")
+    brains.handle("new", 2, str(bundle_path), SEED, "bundle")
+    situation = random_situations(1, seed=4)[0]
+    [(_, (_, first))] = answer_all(brains, [("turn", 1, None, [situation])])
+    key = first[2][0]
+    answers = answer_all(brains, [
+        ("turn", 1, None, [situation]),  # asked before the lessons, decided after them
+        ("turn", 1, keyed(key, [0.2, 0.9]), []),
+        ("turn", 1, None, [situation, situation]),
+        ("turn", 2, None, [situation]),  # another brain: its own memory
+    ])
+    assert [failed for failed, _ in answers] == [False] * 4
+    (no_lessons, decided), (learnt, no_decisions), (_, both), (_, other) = (
+        answer for _, answer in answers)
+    assert (no_lessons, learnt, no_decisions) == (None, 2, None)
+    assert [d.retrieved for d in decided[1] + both[1]] == [2, 2, 2]
+    assert len(decided[2]) == 1 and len(both[2]) == 2
+    assert np.allclose(both[2], key)
+    assert other[1][0].retrieved == 0
+
+    bad = answer_all(brains, [("turn", 1, keyed(key, [1.5]), []),
+                              ("turn", 1, keyed(key, [0.5]), [situation])])
+    assert [isinstance(answer[1][0], ValueError) for answer in bad] == [True, True]  # one write
+    assert bad[1][1][1][1][0].retrieved == 2  # the situation is still decided
+    apart = answer_all(brains, [("turn", 1, keyed(key, [1.5]), []), ("drop", 2),
+                                ("turn", 1, keyed(key, [0.5]), [])])
+    assert isinstance(apart[0][1][0], ValueError)  # only consecutive turns go together
+    assert apart[1] == (False, None) and apart[2] == (False, (3, None))
+    assert answer_all(brains, [("turn", 2, None, [situation])])[0][0]  # dropped: an error
 
 
 def test_a_killed_child_fails_waiting_calls_and_a_restart_serves_again(
