@@ -12,7 +12,9 @@ two pipes, each in the order it reads them:
   brain (:class:`Turns`). The child reads every request waiting in the pipe before it works,
   answers consecutive turns of one brain as one (lessons first, then situations), and sends
   the answers to what it read together as one message; a reader on the event loop
-  (``loop.add_reader``) resolves their asyncio futures, oldest first;
+  (``loop.add_reader``) hands each answer on as soon as it reads it, oldest first (to a
+  callback, not through a future's callbacks, each of which would wait for the loop's next
+  turn);
 - **a blocking one** for other threads (building brains and replaying stored lessons at start
   and at a reload, single decisions outside the event loop), one call at a time.
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import itertools
 import multiprocessing
 import os
@@ -74,7 +77,7 @@ class BrainHost:
         self._context = multiprocessing.get_context("spawn")  # no fork of a threaded server
         self._handles = itertools.count(1)
         self._blocking_lock = threading.Lock()
-        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._waiting: collections.deque[Answered] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._start()
 
@@ -157,13 +160,20 @@ class BrainHost:
         return answer
 
     def call_soon(self, *request: Any, generation: int) -> asyncio.Future[Any]:
-        """Send one request on the event loop's pipe; the future resolves with its answer
-        (fails with :class:`BrainsLost` if the child is not the one of ``generation``)."""
+        """:meth:`call_then`, the answer as a future."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.call_then(*request, generation=generation,
+                       then=functools.partial(settle, future))
+        return future
+
+    def call_then(self, *request: Any, generation: int, then: Answered) -> None:
+        """Send one request on the event loop's pipe; ``then`` is called on the event loop with
+        its answer, or the exception it failed with, in the turn that reads it (with
+        :class:`BrainsLost` in a later turn if the child is not the one of ``generation``)."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
         if self.lost or self.closed or generation != self.generation:
-            future.set_exception(_lost())
-            return future
+            loop.call_soon(then, _lost())
+            return
         if self._loop is None:
             loop.add_reader(self._answers.fileno(), self._on_answer)
             os.set_blocking(self._answers.fileno(), True)  # a message is read whole
@@ -172,10 +182,9 @@ class BrainHost:
             _send(self._requests, request)
         except (EOFError, OSError):
             self._child_lost()
-            future.set_exception(_lost())
-            return future
-        self._waiting.append(future)
-        return future
+            loop.call_soon(then, _lost())
+            return
+        self._waiting.append(then)
 
     def _on_answer(self) -> None:
         try:
@@ -183,14 +192,8 @@ class BrainHost:
         except (EOFError, OSError):
             self._child_lost()
             return
-        for failed, answer in answers:
-            future = self._waiting.popleft()
-            if future.cancelled():
-                continue
-            if failed:
-                future.set_exception(answer)
-            else:
-                future.set_result(answer)
+        for _, answer in answers:
+            _hand_on(self._waiting.popleft(), answer)
 
     def _child_lost(self) -> None:
         if self.lost or self.closed:
@@ -205,9 +208,19 @@ class BrainHost:
 
     def _fail_waiting(self) -> None:
         while self._waiting:
-            future = self._waiting.popleft()
-            if not future.done():
-                future.set_exception(_lost())
+            _hand_on(self._waiting.popleft(), _lost())
+
+
+Answered = Callable[[Any], None]
+"""What is called with a request's answer, or the exception it failed with."""
+
+
+def _hand_on(then: Answered, answer: Any) -> None:
+    try:
+        then(answer)
+    except Exception as error:  # one caller's bug must not cost the others their answers
+        asyncio.get_running_loop().call_exception_handler(
+            {"message": "a brain answer's callback failed", "exception": error})
 
 
 def _lost() -> BrainsLost:
@@ -260,11 +273,17 @@ class RemoteBrain:
         self._memory_size = size
         return int(size)
 
-    def decide_soon(self, situations: Sequence[Situation]) -> asyncio.Future[
-            tuple[float, list[Result]]]:
+    def decide_soon(self, situations: Sequence[Situation]) -> asyncio.Future[Decisions]:
         """Decide situations in the child: (the brain's seconds for the batch they went in,
         one result each). See :class:`Turns` for how requests are batched."""
-        return self._turns.decide(list(situations))
+        future: asyncio.Future[Decisions] = asyncio.get_running_loop().create_future()
+        self.decide_then(situations, functools.partial(settle, future))
+        return future
+
+    def decide_then(self, situations: Sequence[Situation], then: Answered) -> None:
+        """:meth:`decide_soon`, the answer (or the exception) handed to ``then`` in the turn
+        of the event loop that reads it."""
+        self._turns.decide(list(situations), then)
 
     def learn_keyed_soon(self, keys: Sequence[Key], moves: Sequence[str],
                          values: Sequence[float],
@@ -275,24 +294,28 @@ class RemoteBrain:
 
     def learn_rows_soon(self, rows: Sequence[LessonRow]) -> asyncio.Future[int]:
         """:meth:`learn_keyed_soon` of lessons given as rows (key, move, value, session_id)."""
-        return self._turns.learn(list(rows))
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.learn_rows_then(rows, functools.partial(settle, future))
+        return future
 
-    def _send_turn(self, lessons: list[LessonRow],
-                   situations: list[Situation]) -> asyncio.Future[TurnAnswer]:
+    def learn_rows_then(self, rows: Sequence[LessonRow], then: Answered) -> None:
+        """:meth:`learn_rows_soon`, the answer (or the exception) handed to ``then`` in the
+        turn of the event loop that reads it."""
+        self._turns.learn(list(rows), then)
+
+    def _send_turn(self, lessons: list[LessonRow], situations: list[Situation],
+                   then: Answered) -> None:
         keyed = None
         if lessons:
             keys, moves, values, session_ids = (list(c) for c in zip(*lessons, strict=True))
             keyed = (np.stack(keys), moves, values, session_ids)
-        future = self.host.call_soon("turn", self.handle, keyed, situations,
-                                     generation=self.generation)
-        future.add_done_callback(self._sized)
-        return future
+        self.host.call_then("turn", self.handle, keyed, situations, generation=self.generation,
+                            then=functools.partial(self._sized, then))
 
-    def _sized(self, future: asyncio.Future[TurnAnswer]) -> None:
-        if not future.cancelled() and future.exception() is None:
-            learnt = future.result()[0]
-            if isinstance(learnt, int):
-                self._memory_size = learnt
+    def _sized(self, then: Answered, answer: TurnAnswer | BaseException) -> None:
+        if not isinstance(answer, BaseException) and isinstance(answer[0], int):
+            self._memory_size = answer[0]
+        then(answer)
 
     def drop(self) -> None:
         """Free the brain in the child (a reload replaced it); on the event loop."""
@@ -328,59 +351,55 @@ class Turns:
     everything in them.
     """
 
-    def __init__(self, send: Callable[[list[LessonRow], list[Situation]],
-                                      asyncio.Future[TurnAnswer]]) -> None:
+    def __init__(self, send: Callable[[list[LessonRow], list[Situation], Answered],
+                                      None]) -> None:
         self._send = send
         self._lessons: list[LessonRow] = []
-        self._learnt: list[asyncio.Future[int]] = []
+        self._learnt: list[Answered] = []
         self._situations: list[Situation] = []
-        self._decided: list[tuple[int, asyncio.Future[Decisions]]] = []
+        self._decided: list[tuple[int, Answered]] = []
         self._in_flight = 0
 
-    def decide(self, situations: list[Situation]) -> asyncio.Future[Decisions]:
-        """A future of (the brain's seconds for their batch, one result per situation)."""
-        future: asyncio.Future[Decisions] = asyncio.get_running_loop().create_future()
+    def decide(self, situations: list[Situation], then: Answered) -> None:
+        """``then`` gets (the brain's seconds for their batch, one result per situation)."""
         self._situations.extend(situations)
-        self._decided.append((len(situations), future))
+        self._decided.append((len(situations), then))
         self._send_unless_full()
-        return future
 
-    def learn(self, lessons: list[LessonRow]) -> asyncio.Future[int]:
-        """A future of the memory's size after the lessons."""
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    def learn(self, lessons: list[LessonRow], then: Answered) -> None:
+        """``then`` gets the memory's size after the lessons."""
         self._lessons.extend(lessons)
-        self._learnt.append(future)
+        self._learnt.append(then)
         self._send_unless_full()
-        return future
 
     def _send_unless_full(self) -> None:
         if self._in_flight < TURNS_IN_FLIGHT:
             self._send_queued()
 
     def _send_queued(self) -> None:
-        learnt, decided = self._learnt, self._decided
-        answer = self._send(self._lessons, self._situations)
+        lessons, learnt, situations, decided = (self._lessons, self._learnt, self._situations,
+                                                self._decided)
         self._lessons, self._learnt, self._situations, self._decided = [], [], [], []
         self._in_flight += 1
-        answer.add_done_callback(lambda done: self._answered(done, learnt, decided))
+        self._send(lessons, situations,
+                   lambda answer: self._answered(answer, learnt, decided))
 
-    def _answered(self, answer: asyncio.Future[TurnAnswer], learnt: list[asyncio.Future[int]],
-                  decided: list[tuple[int, asyncio.Future[Decisions]]]) -> None:
+    def _answered(self, answer: TurnAnswer | BaseException, learnt: list[Answered],
+                  decided: list[tuple[int, Answered]]) -> None:
         self._in_flight -= 1
         if self._learnt or self._decided:
             self._send_queued()
-        error = _lost() if answer.cancelled() else answer.exception()
         counts = [count for count, _ in decided]
-        if error is not None:
-            size: int | BaseException | None = error
-            parts: list[Decisions | BaseException] = [error] * len(decided)
+        if isinstance(answer, BaseException):
+            size: int | BaseException | None = answer
+            parts: list[Decisions | BaseException] = [answer] * len(decided)
         else:
-            size, decisions = answer.result()
+            size, decisions = answer
             parts = list(_split_decisions(decisions or (0.0, [], np.zeros((0, 0))), counts))
         for lessons_learnt in learnt:
-            settle(lessons_learnt, size)
+            lessons_learnt(size)
         for (_, decisions_made), part in zip(decided, parts, strict=True):
-            settle(decisions_made, part)
+            decisions_made(part)
 
 
 def settle(future: asyncio.Future[Any], result: Any) -> None:

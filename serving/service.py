@@ -212,16 +212,17 @@ class DecisionBatch:
     def _flush(self) -> None:
         self.done = True
         if isinstance(self.brain, RemoteBrain):
-            self.brain.decide_soon(self.situations).add_done_callback(self._answered)
+            self.brain.decide_then(self.situations, self._answered)
             return
         started = perf_counter()
         results = decide_each(self.brain, self.situations)
         self._deliver(perf_counter() - started, results)
 
-    def _answered(self, answer: asyncio.Future[tuple[float, list[Result]]]) -> None:
+    def _answered(self, answer: tuple[float, list[Result]] | BaseException) -> None:
         """The brain process's answer: each request's decision, or why it failed."""
-        error = answer.exception()
-        self._deliver(*((0.0, [error] * len(self.waiting)) if error else answer.result()))
+        if isinstance(answer, BaseException):
+            answer = (0.0, [answer] * len(self.waiting))
+        self._deliver(*answer)
 
     def _deliver(self, seconds: float, results: list[Result]) -> None:
         """Each request's decision and key, or why it failed."""
@@ -248,21 +249,13 @@ class LessonBatch:
 
     def _flush(self) -> None:
         if isinstance(self.brain, RemoteBrain):
-            learnt = self.brain.learn_rows_soon(self.rows)
-            learnt.add_done_callback(self._learnt)
+            self.brain.learn_rows_then(self.rows, functools.partial(settle, self.learnt))
             return
         keys, moves, values, session_ids = zip(*self.rows, strict=True)
         try:
             self.learnt.set_result(self.brain.learn_keyed(keys, moves, values, session_ids))
         except Exception as error:  # reaches every outcome of the batch
             self.learnt.set_exception(error)
-
-    def _learnt(self, answer: asyncio.Future[int]) -> None:
-        error = answer.exception()
-        if error is not None:
-            self.learnt.set_exception(error)
-        else:
-            self.learnt.set_result(answer.result())
 
 
 class RecentDecisions:

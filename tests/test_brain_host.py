@@ -18,6 +18,7 @@ from envs.observation import Situation
 from serving.brain import brain_for
 from serving.brain_host import (
     TURNS_IN_FLIGHT,
+    Answered,
     BrainHost,
     Brains,
     BrainsLost,
@@ -110,16 +111,38 @@ def test_batches_on_the_event_loop_answer_each_situation(host: BrainHost,
     run(body())
 
 
+def test_a_failing_answer_callback_costs_the_others_nothing(host: BrainHost,
+                                                             bundle_path: Path) -> None:
+    remote = host.new_brain(str(bundle_path), SEED)
+    situations = random_situations(2, seed=6)
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        reported: list[dict[str, object]] = []
+        loop.set_exception_handler(lambda _, context: reported.append(context))
+
+        def broken(answer: object) -> None:
+            raise RuntimeError("a bug in one caller")
+
+        remote.decide_then(situations[:1], broken)
+        _, results = await remote.decide_soon(situations[1:])  # answered all the same
+        assert not isinstance(results[0], BaseException)
+        assert [(context["message"], str(context["exception"])) for context in reported] == [
+            ("a brain answer's callback failed", "a bug in one caller")]
+
+    run(body())
+
+
 def counted_requests(host: BrainHost) -> list[str]:
     """The commands the host sends on the event loop's pipe, from now on."""
     requests: list[str] = []
-    send = host.call_soon
+    send = host.call_then
 
-    def counted(*request: object, generation: int) -> asyncio.Future[object]:
+    def counted(*request: object, generation: int, then: Answered) -> None:
         requests.append(str(request[0]))
-        return send(*request, generation=generation)
+        send(*request, generation=generation, then=then)
 
-    host.call_soon = counted  # type: ignore[method-assign]
+    host.call_then = counted  # type: ignore[method-assign]
     return requests
 
 
