@@ -10,8 +10,9 @@ two pipes, each in the order it reads them:
 - **the event loop's**: decision and lesson batches (``DecisionBatch``/``LessonBatch`` of
   :mod:`serving.service`) are sent at once, up to :data:`TURNS_IN_FLIGHT` requests per
   brain (:class:`Turns`). The child reads every request waiting in the pipe before it works,
-  answers consecutive turns of one brain as one (lessons first, then situations), and sends
-  the answers to what it read together as one message; a reader on the event loop
+  works on consecutive turns of one brain together (:func:`turns`: their lessons first, then
+  their situations as one batch), and sends the answers to what it read together as one
+  message; a reader on the event loop
   (``loop.add_reader``) hands each answer on as soon as it reads it, oldest first (to a
   callback, not through a future's callbacks, each of which would wait for the loop's next
   turn);
@@ -344,7 +345,7 @@ class Turns:
     """Decisions and lessons for one brain, sent at once, up to :data:`TURNS_IN_FLIGHT` in
     flight.
 
-    Requests are answered in the order they were sent. The child works on every request
+    Requests are answered in the order they were sent. The child works on the requests
     waiting in its pipe together (:func:`answer_all`): lessons first (so that the decisions
     use them), then situations. Batches grow with the load, and the per-batch costs (waking
     the child and the event loop, the memory write and search, the policy) are shared by
@@ -470,15 +471,16 @@ def _receive_waiting(pipe: Connection) -> list[Any]:
 
 def answer_all(brains: Brains, requests: Sequence[tuple[Any, ...]]) -> list[tuple[bool, Any]]:
     """Each request's answer, (False, result) or (True, error), in order; consecutive turns of
-    one brain are worked on together (:func:`merged_turns`)."""
+    one brain are worked on together (:func:`turns`)."""
     answers: list[tuple[bool, Any]] = []
     for handle, run in itertools.groupby(requests, key=_turn_handle):
         grouped = list(run)
-        if handle is None or len(grouped) == 1:
+        if handle is None:
             answers.extend(_answer(brains, request) for request in grouped)
-        else:
-            merged = _answer(brains, ("turn", handle, *merged_turns(grouped)))
-            answers.extend(split_turn(merged, grouped))
+            continue
+        failed, answer = _answer(brains, ("turns", handle, [turn[2:] for turn in grouped]))
+        answers.extend([(True, answer)] * len(grouped) if failed
+                       else [(False, own) for own in answer])
     return answers
 
 
@@ -493,41 +495,6 @@ def _answer(brains: Brains, request: tuple[Any, ...]) -> tuple[bool, Any]:
         return True, _picklable(error)
 
 
-Keyed = tuple[np.ndarray, list[str], list[float], list[str]]
-"""A turn's lessons as columns: keys (one row each), moves, values, session ids."""
-
-
-def merged_turns(turns: Sequence[tuple[Any, ...]]) -> tuple[Keyed | None, list[Situation]]:
-    """The lessons and situations of several ``turn`` requests of one brain, as one turn's."""
-    lessons = [turn[2] for turn in turns if turn[2] is not None]
-    keyed: Keyed | None = None
-    if lessons:
-        moves, values, session_ids = ([item for part in lessons for item in part[column]]
-                                      for column in (1, 2, 3))
-        keyed = (np.concatenate([part[0] for part in lessons]), moves, values, session_ids)
-    return keyed, [situation for turn in turns for situation in turn[3]]
-
-
-def split_turn(answer: tuple[bool, Any],
-               turns: Sequence[tuple[Any, ...]]) -> list[tuple[bool, Any]]:
-    """The answer of merged turns as each turn's: the memory's size after all their lessons
-    (to those with lessons), and its own situations' decisions."""
-    failed, result = answer
-    if failed:
-        return [answer] * len(turns)
-    learnt, decided = result
-    answers: list[tuple[bool, Any]] = []
-    start = 0
-    for _, _, keyed, situations in turns:
-        own: Decided | None = None
-        if situations:
-            seconds, decisions, keys = decided
-            end = start + len(situations)
-            own, start = (seconds, decisions[start:end], keys[start:end]), end
-        answers.append((False, (learnt if keyed is not None else None, own)))
-    return answers
-
-
 class Brains:
     """The brains of the child, by handle."""
 
@@ -540,8 +507,8 @@ class Brains:
         brain = self.brains[handle]
         if command == "decide":
             return decide_batch(brain, *arguments)
-        if command == "turn":
-            return turn(brain, *arguments)
+        if command == "turns":
+            return turns(brain, *arguments)
         if command == "learn":
             return learn_lessons(brain, *arguments)
         if command == "drop":
@@ -556,17 +523,37 @@ class Brains:
         return brain.policy_version, list(brain.boss_actions), brain.memory_size()
 
 
-def turn(brain: MemoryBrain, lessons: Keyed | None,
-         situations: Sequence[Situation]) -> TurnAnswer:
-    """One request of :class:`Turns`: learn its lessons (all or none: a bad one refuses the
-    whole write), then decide its situations."""
-    learnt: int | BaseException | None = None
-    if lessons is not None:
-        try:
-            learnt = brain.learn_keyed(*lessons)
-        except Exception as error:  # answered to the lessons' callers alone
-            learnt = _picklable(error)
-    return learnt, decide_batch(brain, situations) if situations else None
+Keyed = tuple[np.ndarray, list[str], list[float], list[str]]
+"""A turn's lessons as columns: keys (one row each), moves, values, session ids."""
+
+
+def turns(brain: MemoryBrain,
+          asked: Sequence[tuple[Keyed | None, Sequence[Situation]]]) -> list[TurnAnswer]:
+    """Turns of :class:`Turns` read together, each (lessons, situations): every turn's lessons
+    learnt in order (one write per turn, all or none: a bad lesson refuses its own turn's),
+    then all their situations decided as one batch; each turn answered with its own."""
+    learnt = [_learn_turn(brain, lessons) for lessons, _ in asked]
+    situations = [situation for _, own in asked for situation in own]
+    decided = decide_batch(brain, situations) if situations else None
+    answers: list[TurnAnswer] = []
+    start = 0
+    for size, (_, own) in zip(learnt, asked, strict=True):
+        part: Decided | None = None
+        if own and decided is not None:
+            seconds, decisions, keys = decided
+            end = start + len(own)
+            part, start = (seconds, decisions[start:end], keys[start:end]), end
+        answers.append((size, part))
+    return answers
+
+
+def _learn_turn(brain: MemoryBrain, lessons: Keyed | None) -> int | BaseException | None:
+    if lessons is None:
+        return None
+    try:
+        return brain.learn_keyed(*lessons)
+    except Exception as error:  # answered to the lessons' callers alone
+        return _picklable(error)
 
 
 def decide_batch(brain: MemoryBrain, situations: Sequence[Situation]) -> Decided:

@@ -197,20 +197,21 @@ def test_turns_read_together_are_worked_on_together_lessons_first(bundle_path: P
     assert [failed for failed, _ in answers] == [False] * 4
     (no_lessons, decided), (learnt, no_decisions), (_, both), (_, other) = (
         answer for _, answer in answers)
-    assert (no_lessons, learnt, no_decisions) == (None, 2, None)
+    assert (no_lessons, learnt) == (None, 2)
     assert [d.retrieved for d in decided[1] + both[1]] == [2, 2, 2]
     assert len(decided[2]) == 1 and len(both[2]) == 2
     assert np.allclose(both[2], key)
     assert other[1][0].retrieved == 0
+    assert no_decisions is None and decided[0] == both[0]  # one batch: one brain time
 
-    bad = answer_all(brains, [("turn", 1, keyed(key, [1.5]), []),
-                              ("turn", 1, keyed(key, [0.5]), [situation])])
-    assert [isinstance(answer[1][0], ValueError) for answer in bad] == [True, True]  # one write
-    assert bad[1][1][1][1][0].retrieved == 2  # the situation is still decided
-    apart = answer_all(brains, [("turn", 1, keyed(key, [1.5]), []), ("drop", 2),
-                                ("turn", 1, keyed(key, [0.5]), [])])
-    assert isinstance(apart[0][1][0], ValueError)  # only consecutive turns go together
-    assert apart[1] == (False, None) and apart[2] == (False, (3, None))
+    apart = answer_all(brains, [("turn", 1, keyed(key, [1.5]), [situation]), ("drop", 2),
+                                ("turn", 1, keyed(key, [0.5]), [situation])])
+    refused, decided_before = apart[0][1]
+    assert isinstance(refused, ValueError)  # refused alone: its own turn's write
+    assert decided_before[1][0].retrieved == 2  # decided before the next turn's lessons
+    assert apart[1] == (False, None)
+    learnt_after, decided_after = apart[2][1]
+    assert learnt_after == 3 and decided_after[1][0].retrieved == 3
     assert answer_all(brains, [("turn", 2, None, [situation])])[0][0]  # dropped: an error
 
 
