@@ -200,11 +200,11 @@ class DecisionBatch:
         self.done = False
         self.seconds = 0.0
         """How long the brain took for the whole batch (the decision's own time)."""
-        asyncio.get_running_loop().call_soon(self._flush)
+        self.loop = asyncio.get_running_loop()  # once: it costs a system call (getpid)
+        self.loop.call_soon(self._flush)
 
     def add(self, situation: Situation) -> asyncio.Future[tuple[Decision, Key]]:
-        future: asyncio.Future[tuple[Decision, Key]] = (
-            asyncio.get_running_loop().create_future())
+        future: asyncio.Future[tuple[Decision, Key]] = self.loop.create_future()
         self.situations.append(situation)
         self.waiting.append(future)
         return future

@@ -116,6 +116,8 @@ class Connection:
         self.ws = websocket
         self.service = service
         self.game = game
+        # Kept: asyncio.get_running_loop() makes a getpid system call on Python 3.11.
+        self.loop = asyncio.get_running_loop()
         self.guard = FloodGuard(settings.rate_limit_per_second, settings.rate_limit_burst)
         self.tasks: set[asyncio.Task[None]] = set()
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -188,7 +190,7 @@ class Connection:
         if self.draining:
             self.slots.release()
             return True
-        task = asyncio.create_task(self._handle(text, received))
+        task = self.loop.create_task(self._handle(text, received))
         self.tasks.add(task)
         task.add_done_callback(self._finished)
         return True
