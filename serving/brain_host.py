@@ -12,10 +12,9 @@ two pipes, each in the order it reads them:
   brain (:class:`Turns`). The child reads every request waiting in the pipe before it works,
   works on consecutive turns of one brain together (:func:`turns`: their lessons first, then
   their situations as one batch), and sends the answers to what it read together as one
-  message; a reader on the event loop
-  (``loop.add_reader``) hands each answer on as soon as it reads it, oldest first (to a
-  callback, not through a future's callbacks, each of which would wait for the loop's next
-  turn);
+  message; a reader on the event loop (``loop.add_reader``) hands each answer on as soon as
+  it reads it, oldest first (to a callback, not through a future's callbacks, each of which
+  would wait for the loop's next turn);
 - **a blocking one** for other threads (building brains and replaying stored lessons at start
   and at a reload, single decisions outside the event loop), one call at a time.
 
@@ -193,7 +192,7 @@ class BrainHost:
         except (EOFError, OSError):
             self._child_lost()
             return
-        for _, answer in answers:
+        for _, answer in answers:  # a failed request's answer is its exception
             _hand_on(self._waiting.popleft(), answer)
 
     def _child_lost(self) -> None:
