@@ -244,8 +244,10 @@ class LessonBatch:
         loop.call_soon(self._flush)
 
     def add(self, key: Key, move: str, value: float, session_id: str) -> asyncio.Future[int]:
+        """The memory's size after the batch, as a future of this caller's own: cancelling it
+        (its handler was cancelled) leaves the batch and the other callers' answers alone."""
         self.rows.append((key, move, value, session_id))
-        return self.learnt
+        return asyncio.shield(self.learnt)
 
     def _flush(self) -> None:
         if isinstance(self.brain, RemoteBrain):

@@ -27,6 +27,7 @@ from serving.brain_host import (
 )
 from serving.bundle import load_bundle, write_scripted_bundle
 from serving.decisions import Lesson
+from serving.service import LessonBatch
 from serving.settings import Settings
 from tests.server_helpers import (
     SECRET,
@@ -129,6 +130,29 @@ def test_a_failing_answer_callback_costs_the_others_nothing(host: BrainHost,
         assert not isinstance(results[0], BaseException)
         assert [(context["message"], str(context["exception"])) for context in reported] == [
             ("a brain answer's callback failed", "a bug in one caller")]
+
+    run(body())
+
+
+def test_a_cancelled_outcome_leaves_the_others_of_its_lesson_batch_answered(
+        host: BrainHost, bundle_path: Path) -> None:
+    remote = host.new_brain(str(bundle_path), SEED)
+    situations = random_situations(2, seed=8)
+
+    async def body() -> None:
+        _, decided = await remote.decide_soon(situations)
+        batch = LessonBatch(remote)
+        learnt = [batch.add(result[1], "attack", 0.5, "s")  # type: ignore[index]
+                  for result in decided]
+
+        async def outcome_handler(future: asyncio.Future[int]) -> int:
+            return await future
+
+        handlers = [asyncio.create_task(outcome_handler(future)) for future in learnt]
+        await asyncio.sleep(0)
+        handlers[0].cancel()
+        assert await handlers[1] == 2
+        assert handlers[0].cancelled() and remote.memory_size() == 2
 
     run(body())
 
