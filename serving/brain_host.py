@@ -161,10 +161,8 @@ class BrainHost:
 
     def call_soon(self, *request: Any, generation: int) -> asyncio.Future[Any]:
         """:meth:`call_then`, the answer as a future."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.call_then(*request, generation=generation,
-                       then=functools.partial(settle, future))
-        return future
+        return future_of(lambda then: self.call_then(*request, generation=generation,
+                                                     then=then))
 
     def call_then(self, *request: Any, generation: int, then: Answered) -> None:
         """Send one request on the event loop's pipe; ``then`` is called on the event loop with
@@ -213,6 +211,14 @@ class BrainHost:
 
 Answered = Callable[[Any], None]
 """What is called with a request's answer, or the exception it failed with."""
+
+
+def future_of(start: Callable[[Answered], None]) -> asyncio.Future[Any]:
+    """What ``start`` hands its callback (an answer, or the exception it failed with), as a
+    future of the running loop."""
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    start(functools.partial(settle, future))
+    return future
 
 
 def _hand_on(then: Answered, answer: Any) -> None:
@@ -276,9 +282,7 @@ class RemoteBrain:
     def decide_soon(self, situations: Sequence[Situation]) -> asyncio.Future[Decisions]:
         """Decide situations in the child: (the brain's seconds for the batch they went in,
         one result each). See :class:`Turns` for how requests are batched."""
-        future: asyncio.Future[Decisions] = asyncio.get_running_loop().create_future()
-        self.decide_then(situations, functools.partial(settle, future))
-        return future
+        return future_of(functools.partial(self.decide_then, situations))
 
     def decide_then(self, situations: Sequence[Situation], then: Answered) -> None:
         """:meth:`decide_soon`, the answer (or the exception) handed to ``then`` in the turn
@@ -294,9 +298,7 @@ class RemoteBrain:
 
     def learn_rows_soon(self, rows: Sequence[LessonRow]) -> asyncio.Future[int]:
         """:meth:`learn_keyed_soon` of lessons given as rows (key, move, value, session_id)."""
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.learn_rows_then(rows, functools.partial(settle, future))
-        return future
+        return future_of(functools.partial(self.learn_rows_then, rows))
 
     def learn_rows_then(self, rows: Sequence[LessonRow], then: Answered) -> None:
         """:meth:`learn_rows_soon`, the answer (or the exception) handed to ``then`` in the
