@@ -78,6 +78,7 @@ HISTOGRAMS = {"decision (brain)": "bosslab_decision_seconds",
               "decision to its commit (not waited for)": "bosslab_decision_store_seconds",
               "request (frame to answer)": "bosslab_request_seconds",
               "outcome (frame to learning_update)": "bosslab_outcome_seconds"}
+GC_PAUSES = "bosslab_gc_pause_seconds"
 
 
 # --- the server -----------------------------------------------------------------------------
@@ -163,10 +164,10 @@ def register(base: str) -> dict[str, Any]:
 
 
 def histogram(base: str) -> dict[str, dict[float, float]]:
-    """Cumulative bucket counts of each histogram of interest, and under ``served`` the
-    decisions the server has answered (``{0.0: count}``)."""
+    """Cumulative bucket counts of each histogram of interest (summed over their labels), and
+    under ``served`` the decisions the server has answered (``{0.0: count}``)."""
     _, text = http("GET", f"{base}/metrics")
-    out: dict[str, dict[float, float]] = {name: {} for name in HISTOGRAMS.values()}
+    out: dict[str, dict[float, float]] = {name: {} for name in (*HISTOGRAMS.values(), GC_PAUSES)}
     served = 0.0
     for line in text.splitlines():
         if line.startswith("bosslab_decisions_total{"):
@@ -174,7 +175,8 @@ def histogram(base: str) -> dict[str, dict[float, float]]:
         for name, buckets in out.items():
             if line.startswith(f"{name}_bucket{{"):
                 bound = line.split('le="', 1)[1].split('"', 1)[0]
-                buckets[float(bound)] = float(line.rsplit(" ", 1)[1])
+                value = float(line.rsplit(" ", 1)[1])
+                buckets[float(bound)] = buckets.get(float(bound), 0.0) + value
     out["served"] = {0.0: served}
     return out
 
@@ -190,6 +192,16 @@ def bucket_quantile(before: dict[float, float], after: dict[float, float], q: fl
         if count >= q * total:
             return "> 100 ms" if bound == float("inf") else f"<= {bound * 1000:g} ms"
     return "n/a"
+
+
+def pauses(before: dict[float, float], after: dict[float, float]) -> str:
+    """How many garbage collections ran between two scrapes, their p99 and the longest (bucket
+    upper bounds)."""
+    total = after.get(float("inf"), 0.0) - before.get(float("inf"), 0.0)
+    if total <= 0:
+        return "none"
+    longest = bucket_quantile(before, after, 1.0)
+    return f"{total:.0f}, p99 {bucket_quantile(before, after, 0.99)}, longest {longest}"
 
 
 def share_within(before: dict[float, float], after: dict[float, float], bound: float) -> str:
@@ -397,6 +409,8 @@ def report(args: argparse.Namespace, parts: list[dict[str, Any]], before: dict[s
     rows.append(("server decisions (brain) within 2 ms",
                  share_within(before[HISTOGRAMS["decision (brain)"]],
                               after[HISTOGRAMS["decision (brain)"]], 0.002), ">= 99%"))
+    rows.append(("server process's garbage collections (each pauses every socket)",
+                 pauses(before[GC_PAUSES], after[GC_PAUSES]), ""))
     print(f"\n{args.sessions} sessions, {args.rate} decisions/s target, {args.duration:g} s "
           f"measured after {args.warmup:g} s warm-up, {args.clients} client processes "
           f"(--client {args.client}), "

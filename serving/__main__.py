@@ -15,7 +15,7 @@ and the decision and outcome writers are flushed.
 
 from __future__ import annotations
 
-import gc
+import asyncio
 import logging
 import socket
 import sys
@@ -25,7 +25,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from serving.auth import configure_logging
+from serving.collector import PacedCollector, freeze_startup_objects
 from serving.main import create_app
+from serving.metrics import Metrics
 from serving.settings import Settings, settings_from_cli
 
 log = logging.getLogger("serving")
@@ -43,32 +45,21 @@ per connection). In the load benchmark its event loop took about 5% less CPU per
 (0.72-0.79 against 0.76-0.85 ms, three interleaved pairs of runs)."""
 
 
-GC_THRESHOLDS = (700, 100, 100)
-"""Python's defaults are (700, 10, 10): objects alive for two gen-1 collections (~20 ms under
-load: requests waiting for a group commit) reach the oldest generation, whose full collections
-then pause every socket for 100-200 ms (measured with 1,000 sockets, each holding ~200 objects
-of coroutine stacks). With 100, only objects alive for about a second get there."""
-
-
-def tune_garbage_collector() -> None:
-    """Once started: move everything allocated so far (modules, bundles, replayed memories) out
-    of the collector's reach (``gc.freeze``), and make full collections rare."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
 class DrainingServer(uvicorn.Server):
     """uvicorn, but sockets are drained by the app before uvicorn closes them (see above), and
-    the garbage collector is tuned once the app has started."""
+    once the app has started, what it loaded is frozen and the garbage collector paced
+    (:mod:`serving.collector`)."""
 
     def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
         super().__init__(config)
         self.app = app
+        metrics: Metrics = app.state.metrics
+        self.collector = PacedCollector(on_pause=metrics.observe_gc_pause)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        tune_garbage_collector()
+        freeze_startup_objects()
+        self.collector.start(asyncio.get_running_loop())
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
@@ -77,6 +68,7 @@ class DrainingServer(uvicorn.Server):
         if service is not None:
             await service.drain(timeout=GRACEFUL_SECONDS / 2)
         await super().shutdown(sockets)
+        self.collector.stop()
 
 
 def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:

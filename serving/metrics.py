@@ -15,6 +15,9 @@ bosslab_decision_store_seconds              histogram  from a decision to its gr
 bosslab_request_seconds                     histogram  a request from frame received to answer
                                                        ready (``latency_ms`` of the response)
 bosslab_outcome_seconds                     histogram  an outcome from frame to learning_update
+bosslab_gc_pause_seconds{generation}        histogram  the server process's garbage collections
+                                                       (``python -m serving``; each pauses every
+                                                       socket: :mod:`serving.collector`)
 ==========================================  =========  ==========================================
 """
 
@@ -56,6 +59,12 @@ class Metrics:
         self.outcome_seconds = Histogram(
             "bosslab_outcome_seconds", "An action_outcome from frame to learning_update",
             registry=r, buckets=LATENCY_BUCKETS)
+        self.gc_pause_seconds = Histogram(
+            "bosslab_gc_pause_seconds", "A garbage collection of the server process",
+            ["generation"], registry=r, buckets=LATENCY_BUCKETS)
+
+    def observe_gc_pause(self, generation: int, seconds: float) -> None:
+        self.gc_pause_seconds.labels(str(generation)).observe(seconds)
 
     def render(self) -> bytes:
         """The Prometheus text format of every metric."""

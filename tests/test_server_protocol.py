@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +26,7 @@ from tests.server_helpers import (
     register,
     run,
     start_server,
+    wait_until,
 )
 
 
@@ -304,6 +306,24 @@ def test_system_endpoints(server: ServerProcess) -> None:
     assert httpx.get(f"{server.url}/docs").status_code == 200
     schema = httpx.get(f"{server.url}/openapi.json").json()
     assert "/api/v1/games/{game_id}/boss-action" in schema["paths"]
+
+
+def _young_collections(server: ServerProcess) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    prefix = 'bosslab_gc_pause_seconds_count{generation="0"} '
+    return sum(float(line.removeprefix(prefix)) for line in text.splitlines()
+               if line.startswith(prefix))
+
+
+def test_the_collector_runs_by_the_clock_and_its_pauses_are_measured(
+        server: ServerProcess) -> None:
+    """An idle server allocates too little to trigger a collection; paced, it still collects
+    its young generation ten times a second, and each pause lands in the histogram."""
+    before = _young_collections(server)
+    started = time.monotonic()
+    wait_until(lambda: _young_collections(server) >= before + 5, 5.0,
+               "five young-generation collections")
+    assert time.monotonic() - started < 2.0
 
 
 def test_registration_conflicts_and_unservable_vocabularies(server: ServerProcess) -> None:

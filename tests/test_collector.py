@@ -1,0 +1,93 @@
+"""serving.collector: the garbage collector paced by the event loop's clock."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from serving.collector import ALLOCATIONS_YOUNG, PacedCollector
+
+
+class Node:
+    """Something in a reference cycle: only a collection frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+@pytest.fixture
+def automatic_collection_off() -> Iterator[None]:
+    """Only explicit collections (``gc.collect``, what the pace does) run in the test."""
+    was_enabled, thresholds = gc.isenabled(), gc.get_threshold()
+    gc.disable()
+    yield
+    gc.set_threshold(*thresholds)
+    if was_enabled:
+        gc.enable()
+
+
+def test_paced_collections_free_cycles_and_visit_every_generation(
+        automatic_collection_off: None) -> None:
+    pauses: list[tuple[int, float]] = []
+    collector = PacedCollector(every=0.005, middle_after=3, oldest_after=2,
+                               on_pause=lambda generation, s: pauses.append((generation, s)))
+
+    async def run() -> None:
+        collector.start(asyncio.get_running_loop())
+        cycle = weakref.ref(Node())
+        for _ in range(400):
+            if cycle() is None and len(pauses) >= 12:
+                break
+            await asyncio.sleep(0.005)
+        collector.stop()
+        assert cycle() is None, "a reference cycle outlived the paced collections"
+
+    asyncio.run(run())
+    generations = [generation for generation, _ in pauses]
+    assert generations.count(0) > generations.count(1) > 0, generations
+    assert 2 in generations, generations
+    assert all(0.0 <= seconds < 1.0 for _, seconds in pauses)
+
+
+def test_stop_ends_the_pace_and_restores_the_thresholds(automatic_collection_off: None) -> None:
+    gc.set_threshold(700, 10, 10)
+    pauses: list[int] = []
+    collector = PacedCollector(every=0.005, on_pause=lambda generation, _: pauses.append(1))
+
+    async def run() -> None:
+        collector.start(asyncio.get_running_loop())
+        assert gc.get_threshold() == (ALLOCATIONS_YOUNG, 2 * collector.middle_after,
+                                      collector.oldest_after)
+        while len(pauses) < 3:
+            await asyncio.sleep(0.005)
+        collector.stop()
+        heard = len(pauses)
+        await asyncio.sleep(0.05)
+        gc.collect(0)
+        assert len(pauses) == heard, "a collection was heard of after stop"
+
+    asyncio.run(run())
+    assert gc.get_threshold() == (700, 10, 10)
+    assert collector._timed not in gc.callbacks
+
+
+def test_a_collector_starts_once_and_refuses_a_bad_pace() -> None:
+    with pytest.raises(ValueError, match="must be positive"):
+        PacedCollector(every=0)
+    collector = PacedCollector(every=10.0)
+
+    async def run() -> None:
+        collector.start(asyncio.get_running_loop())
+        try:
+            with pytest.raises(RuntimeError, match="already started"):
+                collector.start(asyncio.get_running_loop())
+        finally:
+            collector.stop()
+
+    thresholds = gc.get_threshold()
+    asyncio.run(run())
+    assert gc.get_threshold() == thresholds
