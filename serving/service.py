@@ -364,7 +364,7 @@ class Service:
                      game.brain.memory_size(), bundle.manifest.policy_version)
 
     def _replay(self, game: GameRuntime) -> int:
-        lessons = stored_lessons(self.storage, game.game_id)
+        lessons, _ = stored_lessons(self.storage, game.game_id)
         taught = teach_all(game.brain, game.game_id, lessons)
         for (decision, outcome, situation), learnt in zip(lessons, taught, strict=True):
             if learnt:
@@ -730,19 +730,34 @@ def new_game_brain(record: GameRecord, bundle: Bundle,
 StoredLessons = list[tuple[DecisionRecord, OutcomeRecord, Situation]]
 
 
-def stored_lessons(storage: Storage, game_id: str, skip: int = 0) -> StoredLessons:
+def stored_lessons(storage: Storage, game_id: str,
+                   skip: int = 0) -> tuple[StoredLessons, int]:
     """A game's stored lessons after the first ``skip``, in storage order, with their
-    situations."""
-    return [(decision, outcome, situation_from_json(decision.situation))
-            for decision, outcome in itertools.islice(storage.lessons(game_id), skip, None)]
+    situations, and how many were read: a lesson whose stored situation cannot be read (a
+    row changed by hand, a format this server does not know) is logged and left out, so one
+    bad row cannot keep the server from starting."""
+    rows = list(itertools.islice(storage.lessons(game_id), skip, None))
+    lessons = [(decision, outcome, situation) for decision, outcome in rows
+               if (situation := _stored_situation(game_id, decision)) is not None]
+    return lessons, len(rows)
+
+
+def _stored_situation(game_id: str, decision: DecisionRecord) -> Situation | None:
+    try:
+        return situation_from_json(decision.situation)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        log.warning("lesson %s of game %s skipped: its stored situation cannot be read "
+                    "(%s: %s)", decision.action_id, game_id, type(error).__name__, error)
+        return None
 
 
 def replay_lessons(storage: Storage, game_id: str, brain: BossBrain, skip: int = 0) -> int:
     """Teach ``brain`` the stored lessons of a game after the first ``skip``, in storage
-    order; returns how many were read (a lesson the brain refuses is logged and skipped)."""
-    lessons = stored_lessons(storage, game_id, skip)
+    order; returns how many were read (a lesson that cannot be read or that the brain refuses
+    is logged and skipped)."""
+    lessons, read = stored_lessons(storage, game_id, skip)
     teach_all(brain, game_id, lessons)
-    return len(lessons)
+    return read
 
 
 REPLAY_CHUNK = 2000

@@ -3,13 +3,16 @@ chosen less once its outcomes are stored, and the change survives a restart."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from serving.bundle import write_scripted_bundle
+from serving.storage import DecisionRecord, OutcomeRecord, Storage
 from tests.server_helpers import (
     Game,
     ServerProcess,
@@ -64,3 +67,22 @@ def test_a_move_that_keeps_failing_is_chosen_less(server: ServerProcess) -> None
     server.restart()  # the memory is rebuilt from the stored outcomes
     rebuilt = run(play(server, taught, ROUNDS))
     assert rebuilt[favourite] / ROUNDS < count / ROUNDS - 0.3, (before, rebuilt)
+
+
+def test_a_stored_lesson_that_cannot_be_read_is_skipped_at_start(
+        server: ServerProcess) -> None:
+    game = register(server.url)
+    run(play(server, game, 3, failing="attack"))
+    server.stop()
+    storage = Storage(server.database_url)
+    now = time.time()
+    storage.store([DecisionRecord("edited-by-hand", game.game_id, "learner",
+                                  {"player": {"no_such_field": 1}}, "attack", "v", now)],
+                  [OutcomeRecord("edited-by-hand", game.game_id, "success", 1.0, 0.0, False,
+                                 0.1, now)])
+    storage.close()
+    server.restart()  # the three readable lessons are replayed, the edited one is logged
+    health = httpx.get(f"{server.url}/api/v1/health").json()
+    assert health["status"] == "ok" and health["memory_size"] == 3, health
+    assert "lesson edited-by-hand of game" in server.logs()
+    assert "its stored situation cannot be read" in server.logs()
