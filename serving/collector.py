@@ -13,10 +13,12 @@ about 1 ms at most, in the same benchmark). The middle generation is collected a
 :data:`MIDDLE_AFTER` young collections (about a minute), the oldest after
 :data:`OLDEST_AFTER` middle ones (so reference cycles never pile up in a server that runs for
 days). Those still scan every object that has outlived a young collection since their last:
-with 1,000 sessions, the first middle collection after they opened took 94 ms, the next one
-10.5 ms, a full one 70-91 ms. Allocation-driven collection stays on as a safety net for a
-blocked loop or an allocation storm: the young threshold stays Python's
-(:data:`ALLOCATIONS_YOUNG`), the middle one is twice the pace's.
+with 1,000 sessions, a middle collection took 10.5 ms, a full one 70-91 ms. Allocation-driven
+collection stays on as a safety net for a blocked loop or an allocation storm: the young
+threshold stays Python's (:data:`ALLOCATIONS_YOUNG`), the middle one is twice the pace's. After
+:data:`STORM_AFTER` allocation-triggered young collections, the next paced one collects the
+middle generation: without it, the first middle collection after 1,000 sessions opened at
+once scanned everything they had made and took 94 ms.
 
 ``on_pause(generation, seconds)`` hears of every collection, paced or not, at the next paced
 one: the server's ``bosslab_gc_pause_seconds`` histogram. A ``gc.callbacks`` hook only notes
@@ -41,6 +43,10 @@ OLDEST_AFTER = 100
 ALLOCATIONS_YOUNG = 700
 """Net allocations that still trigger a young collection between two paced ones (Python's
 default)."""
+STORM_AFTER = 50
+"""Allocation-triggered young collections that make the middle generation due at the next
+paced one: a storm of allocations (sessions opening by the thousand) has it collected in
+portions as it goes, instead of in one long pause up to a minute later."""
 
 PauseListener = Callable[[int, float], None]
 """Told each collection's generation and its seconds."""
@@ -57,14 +63,19 @@ class PacedCollector:
     """Young collections every ``every`` seconds on ``loop`` (see the module docstring)."""
 
     def __init__(self, every: float = YOUNG_EVERY, middle_after: int = MIDDLE_AFTER,
-                 oldest_after: int = OLDEST_AFTER, on_pause: PauseListener | None = None) -> None:
-        if every <= 0 or middle_after < 1 or oldest_after < 1:
-            raise ValueError(f"every ({every} s), middle_after ({middle_after}) and "
-                             f"oldest_after ({oldest_after}) must be positive.")
+                 oldest_after: int = OLDEST_AFTER, storm_after: int = STORM_AFTER,
+                 on_pause: PauseListener | None = None) -> None:
+        if every <= 0 or min(middle_after, oldest_after, storm_after) < 1:
+            raise ValueError(f"every ({every} s), middle_after ({middle_after}), oldest_after "
+                             f"({oldest_after}) and storm_after ({storm_after}) must be "
+                             f"positive.")
         self.every = every
         self.middle_after = middle_after
         self.oldest_after = oldest_after
+        self.storm_after = storm_after
         self.on_pause = on_pause
+        self._pacing = False
+        self._unpaced_young = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next: asyncio.TimerHandle | None = None
         self._saved_thresholds: tuple[int, int, int] | None = None
@@ -77,8 +88,7 @@ class PacedCollector:
         self._loop = loop
         self._saved_thresholds = gc.get_threshold()
         gc.set_threshold(ALLOCATIONS_YOUNG, 2 * self.middle_after, self.oldest_after)
-        if self.on_pause is not None:
-            gc.callbacks.append(self._timed)
+        gc.callbacks.append(self._timed)
         self._next = loop.call_later(self.every, self._collect)
 
     def stop(self) -> None:
@@ -94,12 +104,16 @@ class PacedCollector:
     def generation_due(self) -> int:
         """The oldest generation whose turn it is (counts as ``gc.get_count`` gives them)."""
         _, young_since_middle, middle_since_oldest = gc.get_count()
-        if young_since_middle >= self.middle_after:
+        if young_since_middle >= self.middle_after or self._unpaced_young >= self.storm_after:
             return 2 if middle_since_oldest + 1 >= self.oldest_after else 1
         return 0
 
     def _collect(self) -> None:
-        gc.collect(self.generation_due())
+        self._pacing = True
+        try:
+            gc.collect(self.generation_due())
+        finally:
+            self._pacing = False
         assert self._loop is not None
         self._next = self._loop.call_later(self.every, self._collect)
         if self.on_pause is not None:
@@ -110,9 +124,15 @@ class PacedCollector:
     def _timed(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._started = perf_counter()
-        else:
-            self._pauses.append((info["generation"], perf_counter() - self._started))
+            return
+        generation = info["generation"]
+        if generation > 0:
+            self._unpaced_young = 0
+        elif not self._pacing:
+            self._unpaced_young += 1
+        if self.on_pause is not None:
+            self._pauses.append((generation, perf_counter() - self._started))
 
 
-__all__ = ["ALLOCATIONS_YOUNG", "MIDDLE_AFTER", "OLDEST_AFTER", "YOUNG_EVERY",
+__all__ = ["ALLOCATIONS_YOUNG", "MIDDLE_AFTER", "OLDEST_AFTER", "STORM_AFTER", "YOUNG_EVERY",
            "PacedCollector", "PauseListener", "freeze_startup_objects"]

@@ -91,3 +91,26 @@ def test_a_collector_starts_once_and_refuses_a_bad_pace() -> None:
     thresholds = gc.get_threshold()
     asyncio.run(run())
     assert gc.get_threshold() == thresholds
+
+
+def test_a_storm_of_allocation_triggered_collections_has_the_middle_one_collected(
+        automatic_collection_off: None) -> None:
+    generations: list[int] = []
+    collector = PacedCollector(every=0.005, middle_after=10_000, storm_after=3,
+                               on_pause=lambda generation, _: generations.append(generation))
+
+    async def run() -> None:
+        collector.start(asyncio.get_running_loop())
+        while len(generations) < 5:
+            await asyncio.sleep(0.005)
+        assert set(generations) == {0}, "paced young collections alone made a middle one due"
+        for _ in range(3):
+            gc.collect(0)  # what allocations trigger between two paced collections
+        for _ in range(200):
+            if 1 in generations:
+                break
+            await asyncio.sleep(0.005)
+        collector.stop()
+
+    asyncio.run(run())
+    assert 1 in generations, generations
