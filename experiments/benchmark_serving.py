@@ -13,14 +13,15 @@ then starts ``--clients`` client processes holding ``--sessions`` WebSocket sess
 them. Every session asks for a move and then reports its outcome on a fixed schedule, so the
 total is ``--rate`` decisions/s (and as many outcomes/s). After ``--warmup`` seconds it
 measures for ``--duration`` seconds and prints (with, in its header, the host's stalls of
-each CPU and the cost of a wake-up between CPUs, measured just before and after the run:
-``experiments.host_stalls``):
+each CPU, the time a fixed piece of Python work takes on each, and the cost of a wake-up
+between CPUs, measured just before and after the run: ``experiments.host_stalls``):
 
 - decisions/s achieved, end-to-end latency (client send -> response received) p50/p99/max,
   the outcome round trip p50/p99, errors;
 - the server's own histograms over the measured window (``/metrics``, bucket upper bounds):
   the brain's decision, the time from a decision to its group commit (the answer does not wait
-  for it), the whole request and the outcome (which waits for its commit).
+  for it), the whole request and the outcome (which waits for its commit);
+- the host's steal over the measured window, where the kernel accounts it.
 
 ``--client`` picks the sessions: ``raw`` (the default) is
 ``experiments.load_clients.LeanSession``, an ``asyncio.Protocol`` over the ``websockets``
@@ -411,6 +412,8 @@ def report(args: argparse.Namespace, parts: list[dict[str, Any]], before: dict[s
                               after[HISTOGRAMS["decision (brain)"]], 0.002), ">= 99%"))
     rows.append(("server process's garbage collections (each pauses every socket)",
                  pauses(before[GC_PAUSES], after[GC_PAUSES]), ""))
+    rows.append(("host's steal (of all CPUs' time, /proc/stat)",
+                 "not reported" if args.steal is None else f"{args.steal:.1%}", ""))
     print(f"\n{args.sessions} sessions, {args.rate} decisions/s target, {args.duration:g} s "
           f"measured after {args.warmup:g} s warm-up, {args.clients} client processes "
           f"(--client {args.client}), "
@@ -458,9 +461,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "and storage processes on the others (default: the first and last "
                              "CPU this process may use; '' pins nothing)")
     parser.add_argument("--stall-probe", type=float, default=2.0, metavar="SECONDS",
-                        help="before and after the run, spin on each CPU for this long, time "
-                             "1,000 wake-ups between CPUs, and report the host's stalls and "
-                             "wake-up cost (experiments.host_stalls; 0 skips both)")
+                        help="before and after the run, spin on each CPU for this long, "
+                             "time a fixed piece of Python work on each CPU and 1,000 wake-ups "
+                             "between CPUs, and report the host's stalls, speed and "
+                             "wake-up cost (experiments.host_stalls; 0 skips them)")
     parser.add_argument("--server-flag", action="append", default=[], metavar="FLAG",
                         help="a flag for python -m serving, e.g. --server-flag=--no-brain-process")
     args = parser.parse_args(argv)
@@ -519,8 +523,10 @@ def run_load(args: argparse.Namespace, base: str, server_pid: int) -> Measured:
     go.set()
     time.sleep(max(0.0, timing[1] - time.time()))
     before, cpu_before = histogram(base), cpu_by_process(server_pid)
+    times_before = host_stalls.cpu_times()
     time.sleep(max(0.0, timing[2] - time.time()))
     cpu_after = cpu_by_process(server_pid)
+    args.steal = host_stalls.steal_share(times_before, host_stalls.cpu_times())
     used = {pid: (cpu_after[pid] - cpu_before.get(pid, 0.0)) / args.duration
             for pid in cpu_after}
     args.server_cpu = used.pop(server_pid)

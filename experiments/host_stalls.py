@@ -18,6 +18,15 @@ CPU, which sends it back; both CPUs are idle in between, so each trip wakes a ha
 CPU, as the server's processes are woken under a moderate load. It prints the round trip's
 p50, p99 and maximum.
 
+Speed: a process pinned to each CPU in turn sums a list of 1,000 ints 2,000 times and prints
+the median and the best time. The host's other guests share its cores, caches and memory
+bandwidth, so the same work takes longer when they are busy, and nothing in the guest counts
+that as a stall or as steal.
+
+Steal: where the guest kernel accounts it (``/proc/stat``), :func:`steal_share` gives the
+share of all CPUs' time the host took between two readings; the load benchmark prints it for
+its measured window.
+
 Measured on this lab's 2-vCPU VMs on 2026-12-03 (2 s probes around load runs, a few of 5 s):
 stalls of 0-4% of a CPU, the longest 0.3-8.6 ms (33 ms once, with the same loop in C), and
 none over 0.5 ms with one CPU spinning alone; wake-up round trips p50 57-119 us and p99
@@ -77,6 +86,64 @@ def spin(cpu: int, seconds: float) -> Stalls:
             over_1ms += gap > 1_000_000
         previous = now
     return Stalls(cpu, (previous - start) / 1e9, stalled / 1e9, longest / 1e9, over_1ms)
+
+
+WORK = list(range(1000))
+"""The fixed piece of Python work that :func:`work_speed` times: summing 1,000 ints."""
+
+
+class Speed(NamedTuple):
+    """How long :data:`WORK` took on one CPU: the median and the best of its repetitions."""
+
+    cpu: int
+    median: float
+    best: float
+
+    def describe(self) -> str:
+        return f"cpu{self.cpu} {self.median * 1e6:.1f} us (best {self.best * 1e6:.1f})"
+
+
+def work_speed(cpu: int, repetitions: int = 2000) -> Speed:
+    """Sum :data:`WORK` ``repetitions`` times on ``cpu`` (this process is pinned to it)."""
+    os.sched_setaffinity(0, {cpu})
+    clock = time.perf_counter
+    seconds = []
+    for _ in range(repetitions):
+        start = clock()
+        sum(WORK)
+        seconds.append(clock() - start)
+    return Speed(cpu, statistics.median(seconds), min(seconds))
+
+
+def speeds(cpus: Iterable[int]) -> list[Speed]:
+    """:func:`work_speed` on each CPU of ``cpus``, one after the other."""
+    with mp.get_context("spawn").Pool(1) as pool:
+        return [pool.apply(work_speed, (cpu,)) for cpu in sorted(set(cpus))]
+
+
+class CpuTimes(NamedTuple):
+    """Jiffies of all CPUs together since boot (``/proc/stat``): stolen and in all."""
+
+    steal: int
+    total: int
+
+
+def cpu_times() -> CpuTimes | None:
+    """All CPUs' time so far; None where ``/proc/stat`` cannot be read (not Linux)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(field) for field in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal guest guest_nice; guests are in user
+    return CpuTimes(fields[7] if len(fields) > 7 else 0, sum(fields[:8]))
+
+
+def steal_share(before: CpuTimes | None, after: CpuTimes | None) -> float | None:
+    """The share of all CPUs' time the host took between two readings (None if unknown)."""
+    if before is None or after is None or after.total <= before.total:
+        return None
+    return (after.steal - before.steal) / (after.total - before.total)
 
 
 def measure(cpus: Iterable[int], seconds: float = 2.0) -> list[Stalls]:
@@ -147,9 +214,11 @@ def wake_ups(first: int, last: int, trips: int = 1000) -> WakeUps:
 
 
 def probe(cpus: Iterable[int], seconds: float = 2.0, trips: int = 1000) -> str:
-    """Both measures on ``cpus`` in one line (wake-ups between the first and last CPU)."""
+    """The three measures on ``cpus`` in one line (wake-ups between the first and last
+    CPU)."""
     chosen = sorted(set(cpus))
     line = f"stalls over {seconds:g} s: {summary(measure(chosen, seconds))}"
+    line += f"; summing 1,000 ints: {', '.join(s.describe() for s in speeds(chosen))}"
     if trips > 0 and len(chosen) > 1:
         line += f"; {wake_ups(chosen[0], chosen[-1], trips).describe()}"
     return line

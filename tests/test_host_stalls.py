@@ -1,5 +1,6 @@
 """The host-stall probe of the load benchmark (``experiments.host_stalls``): a process that is
-not run for a while is seen stalled for that long, and a quiet spin reports its own length."""
+not run for a while is seen stalled for that long, and a quiet spin reports its own length;
+the speed probe times its work on each CPU; steal is read from /proc/stat."""
 
 from __future__ import annotations
 
@@ -10,7 +11,18 @@ import time
 
 import pytest
 
-from experiments.host_stalls import Stalls, measure, probe, spin, summary, wake_ups
+from experiments.host_stalls import (
+    CpuTimes,
+    Stalls,
+    cpu_times,
+    measure,
+    probe,
+    speeds,
+    spin,
+    steal_share,
+    summary,
+    wake_ups,
+)
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"),
                                 reason="the probe pins processes: Linux only")
@@ -62,3 +74,21 @@ def test_wake_up_round_trips_are_timed_between_the_two_cpus() -> None:
     line = probe(cpus, 0.1, trips=20)
     assert line.startswith("stalls over 0.1 s: cpu")
     assert ("wake-up round trip" in line) == (len(cpus) > 1)
+
+
+def test_the_speed_probe_times_its_work_on_each_cpu() -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    measured = speeds(cpus)
+    assert [s.cpu for s in measured] == cpus
+    for one in measured:
+        assert 0.0 < one.best <= one.median < 0.01
+    assert "summing 1,000 ints: cpu" in probe(cpus, 0.1, trips=0)
+
+
+def test_steal_is_the_stolen_share_of_the_time_between_two_readings() -> None:
+    assert steal_share(CpuTimes(10, 1000), CpuTimes(30, 1400)) == pytest.approx(0.05)
+    assert steal_share(CpuTimes(10, 1000), CpuTimes(10, 1000)) is None
+    assert steal_share(None, CpuTimes(10, 1000)) is None
+    now = cpu_times()
+    if now is not None:  # Linux
+        assert 0 <= now.steal <= now.total
