@@ -18,13 +18,7 @@ collection stays on as a safety net for a blocked loop or an allocation storm: t
 threshold stays Python's (:data:`ALLOCATIONS_YOUNG`), the middle one is twice the pace's. After
 :data:`STORM_AFTER` allocation-triggered young collections, the next paced one collects the
 middle generation: without it, the first middle collection after 1,000 sessions opened at
-once scanned everything they had made and took 94 ms. A storm's middle collection that finds
-fewer than :data:`STORM_WORTH` unreachable objects doubles the allocation-triggered
-collections the next storm needs (up to ``middle_after``); one that finds more brings it back
-to ``storm_after``. An overloaded server is a storm that never ends: hundreds of messages in
-flight keep allocations ahead of deallocations, and their objects, live, fill the middle
-generation. In the load benchmark on a slow host the rule without that brake collected it every
-1-2 s, 7-20 ms each, for nothing found, which deepened the backlog that caused it.
+once scanned everything they had made and took 94 ms.
 
 ``on_pause(generation, seconds)`` hears of every collection, paced or not, at the next paced
 one: the server's ``bosslab_gc_pause_seconds`` histogram. A ``gc.callbacks`` hook only notes
@@ -54,10 +48,6 @@ STORM_AFTER = 50
 paced one: a storm of allocations (sessions opening by the thousand) has it collected in
 portions as it goes, instead of in one long pause up to a minute later."""
 
-STORM_WORTH = 100
-"""Unreachable objects a storm's middle collection must find for the next storm to be
-collected as soon (see the module docstring)."""
-
 PauseListener = Callable[[int, float], None]
 """Told each collection's generation and its seconds."""
 
@@ -86,9 +76,6 @@ class PacedCollector:
         self.on_pause = on_pause
         self._pacing = False
         self._unpaced_young = 0
-        self.storm_threshold = storm_after
-        """Allocation-triggered young collections that make the next storm (see the module
-        docstring)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next: asyncio.TimerHandle | None = None
         self._saved_thresholds: tuple[int, int, int] | None = None
@@ -117,36 +104,22 @@ class PacedCollector:
     def generation_due(self) -> int:
         """The oldest generation whose turn it is (counts as ``gc.get_count`` gives them)."""
         _, young_since_middle, middle_since_oldest = gc.get_count()
-        if young_since_middle >= self.middle_after or self._in_storm():
+        if young_since_middle >= self.middle_after or self._unpaced_young >= self.storm_after:
             return 2 if middle_since_oldest + 1 >= self.oldest_after else 1
         return 0
 
-    def _in_storm(self) -> bool:
-        return self._unpaced_young >= self.storm_threshold
-
     def _collect(self) -> None:
-        generation = self.generation_due()
-        storm = generation > 0 and self._in_storm()
         self._pacing = True
         try:
-            found = gc.collect(generation)
+            gc.collect(self.generation_due())
         finally:
             self._pacing = False
-        if storm:
-            self._judge_storm(found)
         assert self._loop is not None
         self._next = self._loop.call_later(self.every, self._collect)
         if self.on_pause is not None:
             pauses, self._pauses = self._pauses, []
             for generation, seconds in pauses:
                 self.on_pause(generation, seconds)
-
-    def _judge_storm(self, found: int) -> None:
-        """Collect the next storm as soon if this one's collection found garbage, else later."""
-        if found >= STORM_WORTH:
-            self.storm_threshold = self.storm_after
-        else:
-            self.storm_threshold = min(self.middle_after, 2 * self.storm_threshold)
 
     def _timed(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -161,5 +134,5 @@ class PacedCollector:
             self._pauses.append((generation, perf_counter() - self._started))
 
 
-__all__ = ["ALLOCATIONS_YOUNG", "MIDDLE_AFTER", "OLDEST_AFTER", "STORM_AFTER", "STORM_WORTH",
-           "YOUNG_EVERY", "PacedCollector", "PauseListener", "freeze_startup_objects"]
+__all__ = ["ALLOCATIONS_YOUNG", "MIDDLE_AFTER", "OLDEST_AFTER", "STORM_AFTER", "YOUNG_EVERY",
+           "PacedCollector", "PauseListener", "freeze_startup_objects"]

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from serving.collector import ALLOCATIONS_YOUNG, STORM_WORTH, PacedCollector
+from serving.collector import ALLOCATIONS_YOUNG, PacedCollector
 
 
 class Node:
@@ -114,35 +114,3 @@ def test_a_storm_of_allocation_triggered_collections_has_the_middle_one_collecte
 
     asyncio.run(run())
     assert 1 in generations, generations
-
-
-def test_a_storm_that_finds_no_garbage_makes_the_next_wait_longer_and_one_that_does_not(
-        automatic_collection_off: None) -> None:
-    generations: list[int] = []
-    collector = PacedCollector(every=0.005, middle_after=10_000, storm_after=3,
-                               on_pause=lambda generation, _: generations.append(generation))
-    thresholds: list[int] = []
-
-    async def storm(outside_collections: int) -> None:
-        middle_before = generations.count(1)
-        for _ in range(outside_collections):
-            gc.collect(0)
-        for _ in range(400):
-            await asyncio.sleep(0.005)
-            if generations.count(1) > middle_before:
-                break
-        thresholds.append(collector.storm_threshold)
-
-    async def run() -> None:
-        gc.collect()
-        collector.start(asyncio.get_running_loop())
-        await storm(3)  # an overloaded server: nothing to find
-        await storm(6)
-        cycles = [Node() for _ in range(2 * STORM_WORTH)]
-        gc.collect(0)  # they outlive a young collection: now in the middle generation
-        del cycles
-        await storm(11)
-        collector.stop()
-
-    asyncio.run(run())
-    assert thresholds == [6, 12, 3]
