@@ -6,10 +6,15 @@ import asyncio
 import gc
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from serving.bundle import load_bundle, write_scripted_bundle
 from serving.collector import ALLOCATIONS_YOUNG, PacedCollector
+from serving.settings import Settings
+from tests.server_helpers import SECRET, ThreadServer, connect, free_port, register, run, sqlite_url
 
 
 class Node:
@@ -114,3 +119,23 @@ def test_a_storm_of_allocation_triggered_collections_has_the_middle_one_collecte
 
     asyncio.run(run())
     assert 1 in generations, generations
+
+
+def test_an_upgraded_connection_leaves_no_http_protocol_for_the_collector(
+        tmp_path: Path, automatic_collection_off: None) -> None:
+    settings = Settings(port=free_port(), database_url=sqlite_url(tmp_path), secret_key=SECRET)
+    server = ThreadServer(settings, [load_bundle(write_scripted_bundle(tmp_path / "bundle"))])
+    try:
+        game = register(server.url)
+        gc.collect()
+
+        async def body() -> None:
+            sockets = [(await connect(server.ws_url, game))[0] for _ in range(3)]
+            left = [o for o in gc.get_objects() if issubclass(type(o), HttpToolsProtocol)]
+            assert left == [], f"{len(left)} HTTP protocols outlive their upgrade in a cycle"
+            for ws in sockets:
+                await ws.close()
+
+        run(body())
+    finally:
+        server.stop()
