@@ -511,9 +511,11 @@ def run_load(args: argparse.Namespace, base: str, server_pid: int) -> Measured:
     timing = context.Array("d", 3)  # start, measure from, stop: set once all are connected
     shares = [args.sessions // args.clients + (i < args.sessions % args.clients)
               for i in range(args.clients)]
+    # Daemonic: if this process fails before it reads their results (a dead server), they are
+    # terminated at its exit instead of joined, which would wait forever on a full result pipe.
     processes = [context.Process(target=client_process, args=(
-        args.client_nice, args.client, base, game, share, interval, ready, go, timing, results))
-        for share in shares]
+        args.client_nice, args.client, base, game, share, interval, ready, go, timing, results),
+        daemon=True) for share in shares]
     for process in processes:
         process.start()
     for _ in processes:
