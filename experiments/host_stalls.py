@@ -7,7 +7,7 @@ One process per CPU, pinned to it, reads the clock in a tight loop for ``--secon
 counts every gap between two reads longer than ``STALL_NS`` (0.2 ms): time in which that CPU
 did not run it. With nothing else running in the machine, that is time the host took from the
 virtual CPU (another guest, the hypervisor). A guest kernel without steal-time accounting
-(this lab's Firecracker VMs reported a steal of 0 on 2026-12-03; one accounted 0-2% on
+(this lab's Firecracker VMs reported a steal of 0 on 2026-12-03; one accounted 0-5% on
 2026-12-04) cannot tell these stalls apart from work, so
 a stall lands in the CPU time and the latency of whatever ran on that CPU. The load benchmark
 (``experiments/benchmark_serving.py``) runs this before and after each run and prints it in
