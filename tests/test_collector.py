@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,11 +52,15 @@ def test_paced_collections_free_cycles_and_visit_every_generation(
         collector.stop()
         assert cycle() is None, "a reference cycle outlived the paced collections"
 
+    started = time.perf_counter()
     asyncio.run(run())
+    elapsed = time.perf_counter() - started
     generations = [generation for generation, _ in pauses]
     assert generations.count(0) > generations.count(1) > 0, generations
     assert 2 in generations, generations
-    assert all(0.0 <= seconds < 1.0 for _, seconds in pauses)
+    # each is a pause's length: within the run (a full collection of a test worker's heap
+    # can take over a second on a slow host)
+    assert all(0.0 <= seconds <= elapsed for _, seconds in pauses), (pauses, elapsed)
 
 
 def test_stop_ends_the_pace_and_restores_the_thresholds(automatic_collection_off: None) -> None:

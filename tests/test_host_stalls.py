@@ -8,6 +8,7 @@ import multiprocessing as mp
 import os
 import signal
 import time
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,8 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"),
                                 reason="the probe pins processes: Linux only")
 
 
-def _spin_into(queue: mp.Queue[Stalls], cpu: int, seconds: float) -> None:
+def _spin_into(queue: mp.Queue[Stalls], spinning: Any, cpu: int, seconds: float) -> None:
+    spinning.set()
     queue.put(spin(cpu, seconds))
 
 
@@ -36,10 +38,12 @@ def test_a_process_stopped_for_80_ms_sees_one_stall_of_about_that_long() -> None
     cpu = min(os.sched_getaffinity(0))
     context = mp.get_context("spawn")
     queue: mp.Queue[Stalls] = context.Queue()
-    spinner = context.Process(target=_spin_into, args=(queue, cpu, 1.5))
+    spinning = context.Event()
+    spinner = context.Process(target=_spin_into, args=(queue, spinning, cpu, 1.5))
     spinner.start()
     try:
-        time.sleep(0.6)  # started and spinning
+        assert spinning.wait(60), "the spinner did not start"  # a slow host starts it late
+        time.sleep(0.3)
         assert spinner.pid is not None
         os.kill(spinner.pid, signal.SIGSTOP)
         time.sleep(0.08)
