@@ -81,10 +81,6 @@ class SocketThread:
         self.thread.join(10)
 
 
-async def _started(coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-    return asyncio.create_task(coroutine)
-
-
 async def send_heartbeats(ws: ClientConnection, every: float = 5.0) -> None:
     """What an idle game client does: a heartbeat every few seconds, so the server does not
     close the socket after its idle timeout (60 s) while a slow host runs the loop."""
@@ -122,7 +118,7 @@ def run_loop(tmp: Path, server: ServerProcess, sockets: SocketThread) -> dict[st
     player = register(server.url)
     ws, status = sockets.call(connect(server.ws_url, player, session_id="watcher"))
     before = sockets.call(ask(ws, "boss_action_request", move_request()))
-    beats = sockets.call(_started(send_heartbeats(ws)))
+    beats = asyncio.run_coroutine_threadsafe(send_heartbeats(ws), sockets.loop)
     config = loop.typed_config(compose_config("loop", [
         f"calibrate={json.dumps(TINY['calibrate'])}", f"train={json.dumps(TINY['train'])}",
         f"export={json.dumps(TINY['export'])}", "eval.fights=4", "eval.series=2"]))
@@ -132,7 +128,7 @@ def run_loop(tmp: Path, server: ServerProcess, sockets: SocketThread) -> dict[st
     announced = sockets.call(receive(ws))
     late = sockets.call(ask(ws, "action_outcome", outcome(before["data"]["action_id"])))
     after = sockets.call(ask(ws, "boss_action_request", move_request()))
-    sockets.loop.call_soon_threadsafe(beats.cancel)
+    beats.cancel()
     sockets.call(ws.close())
     return {"tmp": tmp, "server": server, "generated": generated, "status": status,
             "before": before, "announced": announced, "late": late, "after": after,
