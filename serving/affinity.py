@@ -1,10 +1,16 @@
-"""CPU pinning of the server's processes (``--cpus``, ``BOSSLAB_CPUS``).
+"""Where and how eagerly the server's processes run: CPU pinning (``--cpus``,
+``BOSSLAB_CPUS``) and the storage process's lower priority (``--storage-nice``).
 
 On a small dedicated machine the server's three processes keep out of each other's way when
 each stays on its CPU: the event loop's process on the first CPU listed, the brain and storage
 processes on the others (on the same one when only one is listed). A woken process then
 finds its caches warm and never waits behind its own server's other processes for a CPU.
 Linux only (``os.sched_setaffinity``); nothing is pinned when no CPUs are listed.
+
+The storage process's group commits can wait a few milliseconds; a decision cannot. With the
+brain and storage processes on one CPU, a commit that woke while the brain was deciding took
+the CPU from it. Run nicer than its siblings (:func:`lower_priority`), storage yields to them
+instead.
 """
 
 from __future__ import annotations
@@ -44,6 +50,13 @@ def event_loop_cpus(cpus: Sequence[int]) -> set[int]:
 def worker_cpus(cpus: Sequence[int]) -> set[int]:
     """Where the brain and storage processes run: the other CPUs listed, or the first."""
     return set(cpus[1:] or cpus[:1])
+
+
+def lower_priority(nice: int) -> None:
+    """Make the calling thread, and the threads and processes it starts later, ``nice`` steps
+    nicer (0: unchanged; capped at 19; Unix only). Raising niceness needs no privilege."""
+    if nice > 0 and hasattr(os, "nice"):
+        os.nice(nice)
 
 
 def pin(cpus: set[int] | None, pid: int | None = 0) -> None:

@@ -11,6 +11,8 @@ work from the event loop's callbacks:
   (:func:`storage_child`, which stores it in one transaction with
   :func:`serving.writer.store_batch`);
 - one batch is in flight at a time; what is submitted meanwhile waits for the next;
+- the storage process runs ``nice`` steps nicer than the server (``--storage-nice``), so
+  that its commits yield the CPU to the brain's decisions (:mod:`serving.affinity`);
 - the answer is read by a reader on the event loop (``loop.add_reader``) and settles every
   future of the batch: None for a decision, True (stored) or False (duplicate) for an
   outcome, or the record's error (:class:`serving.storage.UnknownAction`,
@@ -38,7 +40,7 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.util import Finalize
 from typing import Any
 
-from serving.affinity import pin
+from serving.affinity import lower_priority, pin
 from serving.storage import (
     DecisionRecord,
     OutcomeRecord,
@@ -59,7 +61,8 @@ class LoopWriter:
     """Group commit from an event loop to a storage process (see the module docstring)."""
 
     def __init__(self, storage: Storage, *, min_interval: float = MIN_INTERVAL,
-                 max_batch: int = MAX_BATCH, cpus: set[int] | None = None) -> None:
+                 max_batch: int = MAX_BATCH, cpus: set[int] | None = None,
+                 nice: int = 0) -> None:
         if not storage.shareable:
             raise ValueError("an in-memory SQLite database cannot be opened by the storage "
                              "process: use serving.writer.StorageWriter for it")
@@ -67,6 +70,7 @@ class LoopWriter:
             raise ValueError("max_batch must be >= 1 and min_interval >= 0 seconds")
         self._url = storage.url.render_as_string(hide_password=False)
         self._cpus = cpus
+        self._nice = nice
         self._min_interval = min_interval
         self._max_batch = max_batch
         self._context = multiprocessing.get_context("spawn")  # no fork of a threaded server
@@ -178,7 +182,7 @@ class LoopWriter:
         requests_out, requests_in = self._context.Pipe(duplex=False)
         answers_out, answers_in = self._context.Pipe(duplex=False)
         process = self._context.Process(target=storage_child,
-                                        args=(self._url, requests_out, answers_in),
+                                        args=(self._url, requests_out, answers_in, self._nice),
                                         name="bosslab-storage", daemon=True)
         process.start()
         pin(self._cpus, process.pid)
@@ -249,9 +253,10 @@ def _pickled(batch: list[Entry]) -> tuple[bytes, list[Entry]]:
         return pickle.dumps([record for record, _ in kept], pickle.HIGHEST_PROTOCOL), kept
 
 
-def storage_child(url: str, requests: Connection, answers: Connection) -> None:
-    """The storage process's loop: a batch in from ``requests``, its results out on
-    ``answers``, until the requests end."""
+def storage_child(url: str, requests: Connection, answers: Connection, nice: int = 0) -> None:
+    """The storage process's loop, ``nice`` steps nicer than the server: a batch in from
+    ``requests``, its results out on ``answers``, until the requests end."""
+    lower_priority(nice)
     # Ctrl-C and SIGTERM sent to the whole process group (a terminal, systemd) are the
     # server's: it drains, flushes through this process, then closes the pipe, which stops it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

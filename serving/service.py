@@ -335,7 +335,8 @@ class Service:
         """The brain process (None: brains live in this process)."""
         self._rebuilding: asyncio.Task[None] | None = None
         writer: Committer = (
-            LoopWriter(storage, min_interval=COMMIT_INTERVAL, cpus=workers) if storage.shareable
+            LoopWriter(storage, min_interval=COMMIT_INTERVAL, cpus=workers,
+                       nice=settings.storage_nice) if storage.shareable
             else StorageWriter(storage, min_interval=COMMIT_INTERVAL))
         self.decision_writer = writer
         self.outcome_writer: Committer = writer

@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     """CPUs to pin the server to, comma-separated (Linux): the event loop's process on the
     first, the brain and storage processes on the others (or the first too). On a dedicated
     2-core machine `0,1` keeps them out of each other's way; unset, nothing is pinned."""
+    storage_nice: int = Field(default=10, ge=0, le=19)
+    """How much nicer than the server its storage process runs (0-19; 0: as nice): its
+    group commits can wait a few milliseconds, so they yield the CPU to the event loop and
+    the brain, which a decision waits for."""
     log_level: LogLevel = "INFO"
     """Lowest level logged: DEBUG, INFO, WARNING, ERROR or CRITICAL."""
     log_json: bool = True

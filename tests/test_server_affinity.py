@@ -1,5 +1,6 @@
 """``--cpus``: the event loop's process on the first CPU listed, the brain and storage
-processes on the others, and a server that still answers moves."""
+processes on the others, and a server that still answers moves; ``--storage-nice``: the
+storage process runs nicer than the event loop and the brain."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ import pytest
 
 from serving.affinity import allowed_cpus
 from serving.bundle import write_scripted_bundle
-from tests.server_helpers import ask, connect, move_request, register, run, start_server
+from tests.server_helpers import (
+    ask,
+    connect,
+    move_request,
+    register,
+    run,
+    start_server,
+    wait_until,
+)
 
 pytestmark = pytest.mark.skipif(allowed_cpus() is None, reason="CPU pinning needs Linux")
 
@@ -48,5 +57,24 @@ def test_the_server_pins_its_event_loop_and_its_child_processes(tmp_path: Path) 
 
         run(body())
         assert "pinned: event loop on CPU" in server.logs()
+    finally:
+        server.stop()
+
+
+def test_one_child_process_runs_nicer_than_the_event_loop_by_default(tmp_path: Path) -> None:
+    """The storage process (tests/test_storage.py checks that it is that one); the brain runs
+    as nice as the event loop."""
+    server = start_server(tmp_path, write_scripted_bundle(tmp_path / "bundle"))
+    try:
+        assert server.process is not None
+        own = os.getpriority(os.PRIO_PROCESS, server.process.pid)
+        pid = server.process.pid
+
+        def niceness() -> list[int]:  # each child sets its own once it has started
+            return sorted(os.getpriority(os.PRIO_PROCESS, child) for child in children(pid))
+
+        wait_until(lambda: niceness() == [own, min(19, own + 10)], 30,
+                   f"one child at niceness {own + 10} (the default --storage-nice), the other "
+                   f"at {own}")
     finally:
         server.stop()

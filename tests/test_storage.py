@@ -543,6 +543,23 @@ def test_loop_writer_commits_in_batches_and_answers_each_record(storage: Storage
     assert writer.pid is None  # aclose stopped the storage process
 
 
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="niceness is a Unix notion")
+def test_loop_writer_runs_its_storage_process_nicer_by_what_it_is_told(storage: Storage) -> None:
+    storage.add_game(_game())
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+
+    async def niceness(nice: int) -> int:
+        writer = LoopWriter(storage, nice=nice)
+        await writer.submit_soon(_decision(f"n{nice}"))  # the process is up and working
+        assert writer.pid is not None
+        seen = os.getpriority(os.PRIO_PROCESS, writer.pid)
+        await writer.aclose()
+        return seen
+
+    assert asyncio.run(niceness(0)) == own
+    assert asyncio.run(niceness(7)) == min(19, own + 7)
+
+
 def test_loop_writer_aclose_commits_what_is_queued_then_refuses_more(storage: Storage) -> None:
     storage.add_game(_game())
 
